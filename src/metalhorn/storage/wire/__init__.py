@@ -1,0 +1,1 @@
+"""The replica protocol: a sans-IO frame codec (codec.py) and its asyncio client and server."""
