@@ -10,7 +10,7 @@ VENV="$ROOT/.venv"
 # command:package pairs
 DEB_NEEDS=(
   python3:python3 nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:nbdfuse fusermount3:fuse3
-  qemu-io:qemu-utils fio:fio mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs losetup:mount
+  qemu-io:qemu-utils fio:fio nbdsh:python3-libnbd mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs losetup:mount
 )
 
 missing=()
