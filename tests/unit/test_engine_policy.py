@@ -160,3 +160,44 @@ def test_transition_table(old: Mode, new: Mode) -> None:
     else:
         with pytest.raises(errors.InvalidArgument):
             policy.check_transition(old, new)
+
+
+def state(revision: int, chain: tuple[str, ...] = ("snap-a",), *, size: int = 100, rebuilding: bool = False) -> object:
+    return policy.ReplicaState(size=size, revision=revision, chain=chain, rebuilding=rebuilding)
+
+
+START_ROWS = [
+    ("all-agree", {"a": state(5), "b": state(5), "c": state(5)}, {"a": RW, "b": RW, "c": RW}, None),
+    ("stale-goes-err", {"a": state(5), "b": state(3), "c": state(5)}, {"a": RW, "b": ERR, "c": RW}, None),
+    ("newest-wins-even-alone", {"a": state(2), "b": state(9), "c": state(2)}, {"a": ERR, "b": RW, "c": ERR}, None),
+    ("unreachable-goes-err", {"a": GONE, "b": state(1)}, {"a": ERR, "b": RW}, None),
+    ("rebuilding-goes-err", {"a": state(9, rebuilding=True), "b": state(1)}, {"a": ERR, "b": RW}, None),
+    (
+        "chain-majority-wins",
+        {"a": state(5, ("x",)), "b": state(5, ("y",)), "c": state(5, ("y",))},
+        {"a": ERR, "b": RW, "c": RW},
+        None,
+    ),
+    ("chain-tie-first-wins", {"a": state(5, ("x",)), "b": state(5, ("y",))}, {"a": RW, "b": ERR}, None),
+    ("none-reachable", {"a": GONE, "b": GONE}, {"a": ERR, "b": ERR}, errors.Unavailable),
+    ("wrong-size-refuses", {"a": state(5), "b": state(5, size=200)}, None, errors.InvalidArgument),
+]
+
+
+@pytest.mark.parametrize(("states", "after", "error"), [r[1:] for r in START_ROWS], ids=[r[0] for r in START_ROWS])
+def test_at_start(states: dict[str, object], after: dict[str, Mode] | None, error: type[Exception] | None) -> None:
+    plan = policy.at_start(states, size=100)  # type: ignore[arg-type]
+    if error is not None:
+        assert type(plan.error) is error
+        return
+    assert plan.error is None
+    assert dict(plan.modes) == after
+    for name, mode in plan.modes.items():
+        assert (plan.reasons[name] == "") == (mode is RW)
+
+
+def test_at_start_reasons() -> None:
+    plan = policy.at_start({"a": state(7), "b": state(3), "c": GONE}, size=100)
+    assert plan.reasons == {"a": "", "b": "stale: revision 3 < 7", "c": "unreachable: UNAVAILABLE: timed out"}
+    refused = policy.at_start({"a": GONE}, size=100)
+    assert refused.error is not None and "a: unreachable" in refused.error.message

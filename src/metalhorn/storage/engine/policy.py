@@ -115,3 +115,71 @@ def _all_failed(failed_rw: list[str], failures: Mapping[str, errors.MetalhornErr
     codes = {failures[name].code for name in failed_rw}
     code = next(iter(codes)) if len(codes) == 1 else errors.ErrorCode.IO
     return errors.from_code(code, f"every RW replica failed ({detail})")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaState:
+    """What a replica reports at engine start (its CONTROL info)."""
+
+    size: int
+    revision: int
+    chain: tuple[str, ...]  # snapshot chain, newest first, without the head file (head names may differ)
+    rebuilding: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StartPlan:
+    modes: Mapping[str, Mode]
+    reasons: Mapping[str, str]  # why a replica is ERR ("" for RW)
+    error: errors.MetalhornError | None  # refuse to start
+
+
+def at_start(states: Mapping[str, ReplicaState | errors.MetalhornError], *, size: int) -> StartPlan:
+    """Pick the replicas that hold the most recent consistent state; the others go ERR (and get rebuilt later).
+
+    Every write bumps a replica's revision counter, so the highest revision is the newest data. Replicas at that
+    revision must also agree on the snapshot chain; when they disagree the larger group wins (ties: the group of
+    the first replica listed). A replica with the wrong size means the command line is wrong: refuse to start.
+    """
+    modes: dict[str, Mode] = {}
+    reasons: dict[str, str] = {}
+    healthy: dict[str, ReplicaState] = {}
+    for name, state in states.items():
+        if isinstance(state, errors.MetalhornError):
+            modes[name], reasons[name] = Mode.ERR, f"unreachable: {describe(state)}"
+        elif state.rebuilding:
+            modes[name], reasons[name] = Mode.ERR, "a rebuild of this replica never finished"
+        else:
+            healthy[name] = state
+    wrong = {name: state.size for name, state in healthy.items() if state.size != size}
+    if wrong:
+        detail = ", ".join(f"{name} has {value}" for name, value in wrong.items())
+        return StartPlan(
+            modes=modes,
+            reasons=reasons,
+            error=errors.InvalidArgument(
+                f"replica size does not match --size {size}: {detail}; start the engine with the volume's size"
+            ),
+        )
+    if not healthy:
+        detail = "; ".join(f"{name}: {reasons[name]}" for name in states) or "no replica given"
+        return StartPlan(
+            modes=modes,
+            reasons=reasons,
+            error=errors.Unavailable(f"no usable replica, refusing to start ({detail})"),
+        )
+    best = max(state.revision for state in healthy.values())
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, state in healthy.items():
+        if state.revision == best:
+            groups.setdefault(state.chain, []).append(name)
+    chain = max(groups, key=lambda key: len(groups[key]))  # max keeps the first of equal groups
+    for name, state in healthy.items():
+        if state.revision < best:
+            modes[name], reasons[name] = Mode.ERR, f"stale: revision {state.revision} < {best}"
+        elif state.chain != chain:
+            modes[name], reasons[name] = Mode.ERR, f"chain {list(state.chain)} differs from {list(chain)}"
+        else:
+            modes[name], reasons[name] = Mode.RW, ""
+    ordered = {name: modes[name] for name in states}
+    return StartPlan(modes=ordered, reasons={name: reasons[name] for name in states}, error=None)

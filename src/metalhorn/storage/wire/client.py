@@ -22,12 +22,16 @@ import itertools
 import json
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from metalhorn.common import addresses, errors, logs
 from metalhorn.storage.wire import codec
 
 log = logging.getLogger(__name__)
+
+# A write payload: bytes, or a slice of a bigger buffer (memoryview) that is sent without copying.
+Payload = bytes | bytearray | memoryview
 
 DEFAULT_TIMEOUT = 8.0  # seconds, as Longhorn's engine-to-replica timeout
 
@@ -64,6 +68,9 @@ class ReplicaClient(asyncio.Protocol):
         self._closed = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._tick = max(0.005, min(timeout / 4, 1.0))
+        # Called once when the connection fails (lost, timed out, garbage) -- not on close(). The engine uses it to
+        # take a dead replica out of service at once, even when no I/O is running.
+        self.on_failure: Callable[[errors.MetalhornError], None] | None = None
 
     # -- connecting ---------------------------------------------------------------------------------------------
 
@@ -148,7 +155,7 @@ class ReplicaClient(asyncio.Protocol):
     def submit_read(self, offset: int, length: int) -> asyncio.Future[codec.Frame]:
         return self._request(_READ, 0, offset, length, None)
 
-    def submit_write(self, offset: int, data: bytes, *, fua: bool = False) -> asyncio.Future[codec.Frame]:
+    def submit_write(self, offset: int, data: Payload, *, fua: bool = False) -> asyncio.Future[codec.Frame]:
         return self._request(_WRITE, _FUA if fua else 0, offset, len(data), data)
 
     def submit_unmap(self, offset: int, length: int) -> asyncio.Future[codec.Frame]:
@@ -168,7 +175,7 @@ class ReplicaClient(asyncio.Protocol):
     async def read(self, offset: int, length: int) -> bytes:
         return (await self.submit_read(offset, length)).payload
 
-    async def write(self, offset: int, data: bytes, *, fua: bool = False) -> None:
+    async def write(self, offset: int, data: Payload, *, fua: bool = False) -> None:
         await self.submit_write(offset, data, fua=fua)
 
     async def unmap(self, offset: int, length: int) -> None:
@@ -213,6 +220,7 @@ class ReplicaClient(asyncio.Protocol):
 
     def close(self) -> None:
         """Close the connection; pending requests fail with Unavailable."""
+        self.on_failure = None
         self._fail(errors.Unavailable(f"replica {self.address}: client closed"))
 
     async def wait_closed(self) -> None:
@@ -222,7 +230,7 @@ class ReplicaClient(asyncio.Protocol):
     # -- internals ------------------------------------------------------------------------------------------------
 
     def _request(
-        self, ftype: int, flags: int, offset: int, length: int, payload: bytes | None, *, timeout: float | None = None
+        self, ftype: int, flags: int, offset: int, length: int, payload: Payload | None, *, timeout: float | None = None
     ) -> asyncio.Future[codec.Frame]:
         future: asyncio.Future[codec.Frame] = self._loop.create_future()
         if self._failure is not None:
@@ -284,3 +292,6 @@ class ReplicaClient(asyncio.Protocol):
             log.debug("%s", logs.kv(replica=self.address, event="closed", reason=exc.message, failed=len(pending)))
         if self._transport is not None:
             self._transport.close()
+        callback, self.on_failure = self.on_failure, None
+        if callback is not None:
+            callback(exc)

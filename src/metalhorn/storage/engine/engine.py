@@ -1,0 +1,405 @@
+"""The replicating engine: one BlockDevice over N replica connections (the asyncio shell around policy.py).
+
+Writes, trims, write-zeroes and flushes go to every RW and WO replica. They are put on every replica's wire in the
+caller's order before anything is awaited, so all replicas see one order; the operation is acknowledged when every
+replica answered, and the per-replica error map goes to `policy.after_operation`, which decides who goes ERR and
+what the caller gets. Reads go to RW replicas round-robin; a failed read takes that replica out and is retried on
+another.
+
+Hot-path notes: no task per request and no asyncio.gather -- a fan-out is N client futures and one counter
+callback that completes a single future the caller awaits. The policy runs only when something failed.
+
+Hooks for rebuild (later): `add_replica()` adds a replica as WO (it gets every write from then on), and
+`set_mode(address, Mode.RW)` promotes it when its data is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from metalhorn.common import errors, logs
+from metalhorn.storage import blockdev
+from metalhorn.storage.engine import policy
+from metalhorn.storage.engine.policy import Mode
+from metalhorn.storage.wire import client as wire_client
+from metalhorn.storage.wire import codec
+
+log = logging.getLogger(__name__)
+
+# Largest request sent to a replica; bigger ones are split (the replica protocol caps lengths and payloads).
+CHUNK = 32 << 20
+assert CHUNK <= codec.MAX_PAYLOAD
+
+Connect = Callable[[str], Awaitable[wire_client.ReplicaClient]]
+
+
+@dataclasses.dataclass(eq=False)
+class Replica:
+    """The engine's view of one replica (mutable: its mode changes)."""
+
+    address: str
+    client: wire_client.ReplicaClient | None
+    mode: Mode
+    reason: str = ""
+
+
+class Engine:
+    """BlockDevice over replicas. Build it with `await Engine.open(...)`."""
+
+    def __init__(self, *, volume: str, size: int, replicas: Sequence[Replica]) -> None:
+        self.volume = volume
+        self._size = size
+        self._replicas: list[Replica] = list(replicas)
+        self._targets: list[Replica] = []  # RW + WO: take writes
+        self._clients: list[wire_client.ReplicaClient] = []  # their clients, same order
+        self._readers: list[tuple[Replica, wire_client.ReplicaClient]] = []  # RW: serve reads
+        self._next_reader = 0
+        self._closed = False
+        self.counters = Counters()
+        for replica in self._replicas:
+            if replica.client is not None:
+                replica.client.on_failure = self._lost_callback(replica)
+        self._refresh()
+
+    # -- start-up ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        volume: str,
+        size: int,
+        addresses: Sequence[str],
+        timeout: float = wire_client.DEFAULT_TIMEOUT,  # noqa: ASYNC109 - per-request deadline of every replica
+        connect: Connect | None = None,
+    ) -> Engine:
+        """Connect every replica, ask each for its state, and start with the ones holding the newest data.
+
+        Raises Unavailable when no replica is usable, InvalidArgument when a replica's size differs from `size`.
+        """
+        if not addresses:
+            raise errors.InvalidArgument("an engine needs at least one replica address")
+        if len(set(addresses)) != len(addresses):
+            raise errors.InvalidArgument(f"replica addresses must be distinct: {list(addresses)}")
+
+        async def default_connect(address: str) -> wire_client.ReplicaClient:
+            return await wire_client.ReplicaClient.connect(address, timeout=timeout)
+
+        dial = connect or default_connect
+        results = await asyncio.gather(*(_probe(dial, address) for address in addresses))
+        clients = {address: client for address, (client, _state) in zip(addresses, results, strict=True) if client}
+        states = {address: state for address, (_client, state) in zip(addresses, results, strict=True)}
+        plan = policy.at_start(states, size=size)
+        if plan.error is not None:
+            for client in clients.values():
+                client.close()
+            raise plan.error
+        replicas = []
+        for address in addresses:
+            mode, reason = plan.modes[address], plan.reasons[address]
+            kept = clients.get(address)
+            if mode is not Mode.RW and kept is not None:
+                kept.close()
+                kept = None
+            replicas.append(Replica(address=address, client=kept, mode=mode, reason=reason))
+            state = states[address]
+            revision = state.revision if isinstance(state, policy.ReplicaState) else "-"
+            level = logging.INFO if mode is Mode.RW else logging.WARNING
+            log.log(
+                level,
+                "replica start mode %s",
+                logs.kv(volume=volume, replica=address, mode=mode.value, revision=revision, reason=reason or "-"),
+            )
+        return cls(volume=volume, size=size, replicas=replicas)
+
+    # -- BlockDevice ------------------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        blockdev.check_range(self._size, offset, length)
+        if length > CHUNK:
+            parts = [
+                await self.read(at, min(CHUNK, offset + length - at)) for at in range(offset, offset + length, CHUNK)
+            ]
+            return b"".join(parts)
+        for _attempt in range(len(self._replicas) + 1):  # every failure takes one replica out, so this is bounded
+            readers = self._readers
+            if not readers:
+                break
+            replica, client = readers[self._next_reader % len(readers)]
+            self._next_reader += 1
+            try:
+                frame = await client.submit_read(offset, length)
+            except errors.MetalhornError as exc:
+                outcome = self._apply({replica.address: exc})
+                if outcome.error is not None:
+                    self.counters.errors += 1
+                    raise outcome.error from exc
+                continue
+            self.counters.reads += 1
+            self.counters.read_bytes += length
+            return frame.payload
+        raise self._no_rw()
+
+    async def write(self, offset: int, data: bytes, *, fua: bool = False) -> None:
+        length = len(data)
+        blockdev.check_range(self._size, offset, length)
+        if not self._readers:
+            raise self._no_rw()
+        if length <= CHUNK:
+            futures = [client.submit_write(offset, data, fua=fua) for client in self._clients]
+            owners = self._targets
+        else:
+            view = memoryview(data)
+            futures, owners = [], []
+            for at in range(0, length, CHUNK):
+                for replica, client in zip(self._targets, self._clients, strict=True):
+                    futures.append(client.submit_write(offset + at, view[at : at + CHUNK], fua=fua))
+                    owners.append(replica)
+        await _Fanout(self, owners, futures).done
+        self.counters.writes += 1
+        self.counters.write_bytes += length
+
+    async def flush(self) -> None:
+        if not self._readers:
+            raise self._no_rw()
+        futures = [client.submit_flush() for client in self._clients]
+        await _Fanout(self, self._targets, futures).done
+        self.counters.flushes += 1
+
+    async def trim(self, offset: int, length: int) -> None:
+        blockdev.check_range(self._size, offset, length)
+        await self._ranged(offset, length, lambda client, at, n: client.submit_unmap(at, n))
+        self.counters.trims += 1
+        self.counters.trim_bytes += length
+
+    async def write_zeroes(self, offset: int, length: int, *, may_trim: bool = True) -> None:
+        blockdev.check_range(self._size, offset, length)
+        no_hole = not may_trim
+        await self._ranged(offset, length, lambda client, at, n: client.submit_write_zeroes(at, n, no_hole=no_hole))
+        self.counters.zeroes += 1
+        self.counters.zero_bytes += length
+
+    # -- modes and info -----------------------------------------------------------------------------------------
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return list(self._replicas)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "volume": self.volume,
+            "size": self._size,
+            "replicas": [{"address": r.address, "mode": r.mode.value, "reason": r.reason} for r in self._replicas],
+            "counters": dataclasses.asdict(self.counters),
+        }
+
+    async def add_replica(self, address: str, *, timeout: float = wire_client.DEFAULT_TIMEOUT) -> Replica:  # noqa: ASYNC109
+        """Rebuild hook: connect a replica and add it as WO; from now on it receives every write."""
+        known = next((r for r in self._replicas if r.address == address), None)
+        if known is not None and known.mode is not Mode.ERR:
+            raise errors.AlreadyExists(f"replica {address} is already in volume {self.volume} as {known.mode.value}")
+        client = await wire_client.ReplicaClient.connect(address, timeout=timeout)
+        return self.attach_replica(address, client)
+
+    def attach_replica(self, address: str, client: wire_client.ReplicaClient) -> Replica:
+        """Add a connected replica as WO (or move a known ERR replica to WO with a fresh connection)."""
+        replica = next((r for r in self._replicas if r.address == address), None)
+        if replica is None:
+            replica = Replica(address=address, client=None, mode=Mode.ERR)
+            self._replicas.append(replica)
+        policy.check_transition(replica.mode, Mode.WO)
+        replica.client = client
+        client.on_failure = self._lost_callback(replica)
+        self._set_mode(replica, Mode.WO, "rebuild started")
+        return replica
+
+    def set_mode(self, address: str, mode: Mode, reason: str = "") -> None:
+        """Move a replica along a legal edge (WO->RW when a rebuild completes, anything->ERR by an operator)."""
+        replica = next((r for r in self._replicas if r.address == address), None)
+        if replica is None:
+            raise errors.NotFound(f"replica {address} is not part of volume {self.volume}")
+        policy.check_transition(replica.mode, mode)
+        self._set_mode(replica, mode, reason)
+
+    def close(self) -> None:
+        """Close every replica connection; further I/O fails with Unavailable."""
+        self._closed = True
+        for replica in self._replicas:
+            if replica.client is not None:
+                replica.client.close()
+        self._targets, self._clients, self._readers = [], [], []
+
+    async def wait_closed(self) -> None:
+        for replica in self._replicas:
+            if replica.client is not None:
+                await replica.client.wait_closed()
+
+    # -- internals --------------------------------------------------------------------------------------------
+
+    async def _ranged(
+        self,
+        offset: int,
+        length: int,
+        submit: Callable[[wire_client.ReplicaClient, int, int], asyncio.Future[codec.Frame]],
+    ) -> None:
+        if not self._readers:
+            raise self._no_rw()
+        futures, owners = [], []
+        end = offset + length
+        for at in range(offset, end, CHUNK) if length else (offset,):
+            for replica, client in zip(self._targets, self._clients, strict=True):
+                futures.append(submit(client, at, min(CHUNK, end - at)))
+                owners.append(replica)
+        await _Fanout(self, owners, futures).done
+
+    def _apply(self, failures: Mapping[str, errors.MetalhornError]) -> policy.Outcome:
+        """Run the policy on one operation's error map and carry out its mode changes."""
+        outcome = policy.after_operation({r.address: r.mode for r in self._replicas}, failures)
+        by_address = {r.address: r for r in self._replicas}
+        for change in outcome.changes:
+            self._set_mode(by_address[change.replica], change.new, change.reason)
+        return outcome
+
+    def _set_mode(self, replica: Replica, mode: Mode, reason: str) -> None:
+        old = replica.mode
+        replica.mode, replica.reason = mode, reason
+        level = logging.WARNING if mode is Mode.ERR else logging.INFO
+        log.log(
+            level,
+            "replica mode changed %s",
+            logs.kv(volume=self.volume, replica=replica.address, **{"from": old.value}, to=mode.value, reason=reason),
+        )
+        if mode is Mode.ERR and replica.client is not None:
+            client, replica.client = replica.client, None
+            client.close()  # in-flight requests fail at once; their errors no longer count
+        self._refresh()
+
+    def _lost_callback(self, replica: Replica) -> Callable[[errors.MetalhornError], None]:
+        def lost(exc: errors.MetalhornError) -> None:
+            if replica.mode is not Mode.ERR and not self._closed:
+                self._apply({replica.address: exc})
+
+        return lost
+
+    def _refresh(self) -> None:
+        if self._closed:
+            return
+        pairs = [(r, r.client) for r in self._replicas if r.mode is not Mode.ERR and r.client is not None]
+        self._targets = [replica for replica, _client in pairs]
+        self._clients = [client for _replica, client in pairs]
+        self._readers = [(replica, client) for replica, client in pairs if replica.mode is Mode.RW]
+
+    def _no_rw(self) -> errors.MetalhornError:
+        self.counters.errors += 1
+        if self._closed:
+            return errors.Unavailable(f"volume {self.volume}: the engine is closed")
+        detail = "; ".join(f"{r.address}: {r.mode.value} {r.reason}".rstrip() for r in self._replicas)
+        return errors.Unavailable(f"volume {self.volume}: no replica is in RW mode ({detail})")
+
+
+@dataclasses.dataclass
+class Counters:
+    reads: int = 0
+    read_bytes: int = 0
+    writes: int = 0
+    write_bytes: int = 0
+    trims: int = 0
+    trim_bytes: int = 0
+    zeroes: int = 0
+    zero_bytes: int = 0
+    flushes: int = 0
+    errors: int = 0
+
+
+class _Fanout:
+    """Completes `done` when every replica future of one operation completed; runs the policy on failures.
+
+    The accounting happens in the callbacks, not in the awaiting coroutine, so the policy sees every failure even
+    when the caller was cancelled meanwhile.
+    """
+
+    __slots__ = ("done", "engine", "futures", "owners", "remaining")
+
+    def __init__(
+        self, engine: Engine, owners: Sequence[Replica], futures: Sequence[asyncio.Future[codec.Frame]]
+    ) -> None:
+        self.engine = engine
+        self.owners = owners
+        self.futures = futures
+        self.remaining = len(futures)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not futures:
+            self.done.set_result(None)
+        callback = self._one_done
+        for future in futures:
+            future.add_done_callback(callback)
+
+    def _one_done(self, _future: asyncio.Future[codec.Frame]) -> None:
+        self.remaining -= 1
+        if self.remaining:
+            return
+        failures: dict[str, errors.MetalhornError] | None = None
+        for owner, future in zip(self.owners, self.futures, strict=True):
+            if future.cancelled():
+                exc: BaseException | None = errors.Unavailable(f"replica {owner.address}: request cancelled")
+            else:
+                exc = future.exception()
+            if exc is not None:
+                if failures is None:
+                    failures = {}
+                if owner.address not in failures:
+                    failures[owner.address] = (
+                        exc
+                        if isinstance(exc, errors.MetalhornError)
+                        else errors.Internal(f"{type(exc).__name__}: {exc}")
+                    )
+        done = self.done
+        if failures is None:
+            if not done.done():
+                done.set_result(None)
+            return
+        outcome = self.engine._apply(failures)
+        if done.done():
+            return
+        if outcome.error is None:
+            done.set_result(None)
+        else:
+            self.engine.counters.errors += 1
+            done.set_exception(outcome.error)
+
+
+async def _probe(
+    dial: Connect, address: str
+) -> tuple[wire_client.ReplicaClient | None, policy.ReplicaState | errors.MetalhornError]:
+    """Connect one replica and read its state; any failure is returned, not raised (that replica goes ERR)."""
+    try:
+        client = await dial(address)
+    except errors.MetalhornError as exc:
+        return None, exc
+    try:
+        info = await client.control({"op": "info"})
+        chain = info.get("chain", [])
+        head = info.get("head")
+        if not isinstance(chain, list):
+            raise errors.ProtocolError(f"replica {address}: info 'chain' is not a list")
+        state = policy.ReplicaState(
+            size=int(info["size"]),
+            revision=int(info["revision"]),
+            chain=tuple(str(name) for name in chain if name != head),
+            rebuilding=bool(info.get("rebuilding", False)),
+        )
+    except errors.MetalhornError as exc:
+        client.close()
+        return None, exc
+    except (KeyError, TypeError, ValueError) as exc:
+        client.close()
+        return None, errors.ProtocolError(f"replica {address}: malformed info reply: {exc!r}")
+    return client, state
