@@ -187,6 +187,13 @@ class Engine:
         self.counters.zeroes += 1
         self.counters.zero_bytes += length
 
+    async def ping(self) -> None:
+        """Keepalive: a replica that does not answer within the timeout goes ERR like on any failed request."""
+        if not self._readers:
+            return  # nothing left to watch; not an I/O error either
+        futures = [client.submit_ping() for client in self._clients]
+        await _Fanout(self, self._targets, futures).done
+
     # -- modes and info -----------------------------------------------------------------------------------------
 
     @property

@@ -1,0 +1,116 @@
+"""One attached volume as a running service: Engine + NBD frontend + control endpoint + keepalive.
+
+`metalhorn engine serve` is a thin wrapper around this: it parses flags into EngineSettings, starts the service,
+waits for a signal and stops it. Stop order matters: stop taking NBD requests and let in-flight ones finish,
+then flush every replica, then close the replica connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+
+from metalhorn.common import addresses, errors, logs
+from metalhorn.storage.engine import control
+from metalhorn.storage.engine import engine as engine_mod
+from metalhorn.storage.frontend import nbd
+from metalhorn.storage.wire import client as wire_client
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSettings:
+    volume: str
+    size: int
+    replicas: tuple[str, ...]
+    listen: addresses.Address
+    control: addresses.Address | None = None
+    replica_timeout: float = wire_client.DEFAULT_TIMEOUT
+    frontend: str = "nbd"
+
+    def __post_init__(self) -> None:
+        if not self.volume:
+            raise errors.InvalidArgument("the volume name must not be empty")
+        if self.frontend != "nbd":
+            raise errors.NotSupported(f"frontend {self.frontend!r} is not supported; use nbd")
+        if not self.replicas:
+            raise errors.InvalidArgument("give at least one --replica")
+        if self.replica_timeout <= 0:
+            raise errors.InvalidArgument(f"--replica-timeout must be positive, got {self.replica_timeout}")
+        for replica in self.replicas:
+            addresses.parse_address(replica, what="replica address")
+
+
+class EngineService:
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.engine: engine_mod.Engine | None = None
+        self.frontend: nbd.NbdServer | None = None
+        self.control: control.ControlServer | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.engine = await engine_mod.Engine.open(
+            volume=settings.volume, size=settings.size, addresses=settings.replicas, timeout=settings.replica_timeout
+        )
+        try:
+            if settings.control is not None:
+                self.control = control.ControlServer({"info": lambda _request: self._info()})
+                await self.control.start(str(settings.control))
+            self.frontend = nbd.NbdServer(self.engine, export_name=settings.volume, description=settings.volume)
+            await self.frontend.start(settings.listen)
+        except BaseException:
+            await self.stop()
+            raise
+        self._keepalive = asyncio.create_task(self._keep_alive(), name=f"keepalive-{settings.volume}")
+
+    @property
+    def listening(self) -> list[str]:
+        return [str(address) for address in self.frontend.addresses] if self.frontend else []
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
+        if self.control is not None:
+            self.control.close()
+        if self.frontend is not None:
+            self.frontend.close()
+            try:
+                await asyncio.wait_for(self.frontend.wait_closed(), grace)
+            except TimeoutError:
+                log.warning("%s", logs.kv(volume=self.settings.volume, event="nbd clients did not finish in time"))
+        if self.engine is not None:
+            try:
+                await asyncio.wait_for(self.engine.flush(), grace)
+            except (errors.MetalhornError, TimeoutError) as exc:
+                log.warning("%s", logs.kv(volume=self.settings.volume, event="final flush failed", error=exc))
+            self.engine.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.engine.wait_closed(), grace)
+        if self.control is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.control.wait_closed(), grace)
+
+    def _info(self) -> dict[str, object]:
+        assert self.engine is not None
+        info = self.engine.info()
+        info["frontend"] = {"type": self.settings.frontend, "addresses": self.listening}
+        return info
+
+    async def _keep_alive(self) -> None:
+        """Ping every replica now and then, so a replica that hangs while the volume is idle is noticed."""
+        assert self.engine is not None
+        interval = max(0.05, self.settings.replica_timeout / 2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.engine.ping()
+            except errors.MetalhornError as exc:
+                log.debug("%s", logs.kv(volume=self.settings.volume, event="keepalive failed", error=exc.message))
