@@ -204,8 +204,10 @@ def test_snapshot_files_and_metadata(store: ReplicaStore) -> None:
     with pytest.raises(errors.AlreadyExists):
         store.snapshot("s1")
     info = store.info()
-    assert [c["name"] for c in info["chain"]] == store.chain
-    assert info["chain"][0]["allocated"] >= BS and info["chain"][1]["allocated"] == 0
+    assert info["chain"] == store.chain
+    assert [c["name"] for c in info["layers"]] == store.chain
+    assert info["layers"][0]["allocated"] >= BS and info["layers"][1]["allocated"] == 0
+    assert (info["size"], info["revision"], info["head"]) == (SIZE, 1, "volume-head-001.img")
 
 
 def test_reopen_rebuilds_map_from_seek_data(tmp_path: pathlib.Path) -> None:

@@ -441,12 +441,14 @@ class ReplicaStore:
         return snap
 
     def info(self) -> dict[str, Any]:
-        chain_info = []
+        """State for the engine and `replica inspect`: `chain` is the file names oldest first (head last);
+        `layers` gives each file's metadata with apparent size and allocated bytes."""
+        layers = []
         for name in self._chain:
             disk = self._disks[name]
             with _io(f"stat {name}"):
                 st = os.stat(os.path.join(self._dir, name))
-            chain_info.append(
+            layers.append(
                 {
                     "name": name,
                     "parent": disk.parent,
@@ -468,7 +470,8 @@ class ReplicaStore:
             "error": self._volume.error,
             "sector_size": self._volume.sector_size,
             "revision": self._revision,
-            "chain": chain_info,
+            "chain": list(self._chain),
+            "layers": layers,
         }
 
     def checksum(self) -> str:
