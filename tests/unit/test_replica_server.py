@@ -283,3 +283,30 @@ async def test_wire_client_interoperates(served: tuple[ReplicaServer, ReplicaSto
     finally:
         client.close()
         await client.wait_closed()
+
+
+def test_under_uvloop(tmp_path: pathlib.Path) -> None:
+    """The daemons run uvloop, whose transports are not asyncio.Transport subclasses."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> bytes:
+        store = ReplicaStore.open(tmp_path / "r", size=SIZE)
+        server = ReplicaServer(store)
+        try:
+            await server.start("127.0.0.1:0")
+            client = await RawClient.connect(server.address)
+            try:
+                await client.hello()
+                client.send(
+                    Frame(FrameType.WRITE, request_id=1, payload=b"uv"),
+                    Frame(FrameType.FLUSH, request_id=2),
+                    Frame(FrameType.READ, request_id=3, length=2),
+                )
+                return (await client.receive(1, 2, 3))[2].payload
+            finally:
+                await client.close()
+        finally:
+            await server.close()
+            store.close()
+
+    assert uvloop.run(scenario()) == b"uv"

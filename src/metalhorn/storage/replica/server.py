@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import stat
-from typing import Any
+from typing import Any, cast
 
 from metalhorn.common import addresses, errors
 from metalhorn.common.logs import kv
@@ -119,7 +119,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer = _format_peer(peer)
