@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import pathlib
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -106,8 +107,7 @@ class _Conn(asyncio.Protocol):
         self.hello_done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self.replica.connections.append(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -30,6 +30,12 @@ from metalhorn.storage.wire import codec
 
 log = logging.getLogger(__name__)
 
+_WRITE = codec.FrameType.WRITE
+_UNMAP = codec.FrameType.UNMAP
+_WRITE_ZEROES = codec.FrameType.WRITE_ZEROES
+_FLUSH = codec.FrameType.FLUSH
+_PING = codec.FrameType.PING
+
 # Largest request sent to a replica; bigger ones are split (the replica protocol caps lengths and payloads).
 CHUNK = 32 << 20
 assert CHUNK <= codec.MAX_PAYLOAD
@@ -150,40 +156,41 @@ class Engine:
 
     async def write(self, offset: int, data: bytes, *, fua: bool = False) -> None:
         length = len(data)
-        blockdev.check_range(self._size, offset, length)
+        if offset < 0 or offset + length > self._size:  # inline: this is the hottest line of the engine
+            blockdev.check_range(self._size, offset, length)
         if not self._readers:
             raise self._no_rw()
+        clients = self._clients
         if length <= CHUNK:
-            futures = [client.submit_write(offset, data, fua=fua) for client in self._clients]
-            owners = self._targets
+            fanout = _Fanout(self, len(clients))
+            reply = fanout.reply
+            for replica, client in zip(self._targets, clients):  # noqa: B905 - same length by construction
+                client.send(_WRITE, offset, length, reply, replica, payload=data, fua=fua)
         else:
             view = memoryview(data)
-            futures, owners = [], []
-            for at in range(0, length, CHUNK):
-                for replica, client in zip(self._targets, self._clients, strict=True):
-                    futures.append(client.submit_write(offset + at, view[at : at + CHUNK], fua=fua))
-                    owners.append(replica)
-        await _Fanout(self, owners, futures).done
-        self.counters.writes += 1
-        self.counters.write_bytes += length
+            pieces = range(0, length, CHUNK)
+            fanout = _Fanout(self, len(clients) * len(pieces))
+            for at in pieces:
+                for replica, client in zip(self._targets, clients, strict=True):
+                    client.send(_WRITE, offset + at, 0, fanout.reply, replica, payload=view[at : at + CHUNK], fua=fua)
+        await fanout.done
+        counters = self.counters
+        counters.writes += 1
+        counters.write_bytes += length
 
     async def flush(self) -> None:
-        if not self._readers:
-            raise self._no_rw()
-        futures = [client.submit_flush() for client in self._clients]
-        await _Fanout(self, self._targets, futures).done
+        await self._everywhere(_FLUSH)
         self.counters.flushes += 1
 
     async def trim(self, offset: int, length: int) -> None:
         blockdev.check_range(self._size, offset, length)
-        await self._ranged(offset, length, lambda client, at, n: client.submit_unmap(at, n))
+        await self._ranged(_UNMAP, offset, length, no_hole=False)
         self.counters.trims += 1
         self.counters.trim_bytes += length
 
     async def write_zeroes(self, offset: int, length: int, *, may_trim: bool = True) -> None:
         blockdev.check_range(self._size, offset, length)
-        no_hole = not may_trim
-        await self._ranged(offset, length, lambda client, at, n: client.submit_write_zeroes(at, n, no_hole=no_hole))
+        await self._ranged(_WRITE_ZEROES, offset, length, no_hole=not may_trim)
         self.counters.zeroes += 1
         self.counters.zero_bytes += length
 
@@ -191,8 +198,7 @@ class Engine:
         """Keepalive: a replica that does not answer within the timeout goes ERR like on any failed request."""
         if not self._readers:
             return  # nothing left to watch; not an I/O error either
-        futures = [client.submit_ping() for client in self._clients]
-        await _Fanout(self, self._targets, futures).done
+        await self._everywhere(_PING)
 
     # -- modes and info -----------------------------------------------------------------------------------------
 
@@ -251,21 +257,24 @@ class Engine:
 
     # -- internals --------------------------------------------------------------------------------------------
 
-    async def _ranged(
-        self,
-        offset: int,
-        length: int,
-        submit: Callable[[wire_client.ReplicaClient, int, int], asyncio.Future[codec.Frame]],
-    ) -> None:
+    async def _everywhere(self, kind: codec.FrameType) -> None:
         if not self._readers:
             raise self._no_rw()
-        futures, owners = [], []
+        fanout = _Fanout(self, len(self._clients))
+        for replica, client in zip(self._targets, self._clients, strict=True):
+            client.send(kind, 0, 0, fanout.reply, replica)
+        await fanout.done
+
+    async def _ranged(self, kind: codec.FrameType, offset: int, length: int, *, no_hole: bool) -> None:
+        if not self._readers:
+            raise self._no_rw()
         end = offset + length
-        for at in range(offset, end, CHUNK) if length else (offset,):
+        pieces = range(offset, end, CHUNK) if length else range(offset, offset + 1)
+        fanout = _Fanout(self, len(self._clients) * len(pieces))
+        for at in pieces:
             for replica, client in zip(self._targets, self._clients, strict=True):
-                futures.append(submit(client, at, min(CHUNK, end - at)))
-                owners.append(replica)
-        await _Fanout(self, owners, futures).done
+                client.send(kind, at, min(CHUNK, end - at), fanout.reply, replica, no_hole=no_hole)
+        await fanout.done
 
     def _apply(self, failures: Mapping[str, errors.MetalhornError]) -> policy.Outcome:
         """Run the policy on one operation's error map and carry out its mode changes."""
@@ -286,7 +295,9 @@ class Engine:
         )
         if mode is Mode.ERR and replica.client is not None:
             client, replica.client = replica.client, None
-            client.close()  # in-flight requests fail at once; their errors no longer count
+            # In-flight requests then fail at once and their errors no longer count. Deferred, because we may be
+            # inside another client's reply callback: the policy must not run nested inside itself.
+            asyncio.get_running_loop().call_soon(client.close)
         self._refresh()
 
     def _lost_callback(self, replica: Replica) -> Callable[[errors.MetalhornError], None]:
@@ -327,54 +338,37 @@ class Counters:
 
 
 class _Fanout:
-    """Completes `done` when every replica future of one operation completed; runs the policy on failures.
+    """Counts the replies of one operation; the last one runs the policy (if anything failed) and completes `done`.
 
-    The accounting happens in the callbacks, not in the awaiting coroutine, so the policy sees every failure even
-    when the caller was cancelled meanwhile.
+    The accounting happens in the client's reply callbacks, not in the awaiting coroutine, so the policy sees every
+    failure even when the caller was cancelled meanwhile.
     """
 
-    __slots__ = ("done", "engine", "futures", "owners", "remaining")
+    __slots__ = ("done", "engine", "failures", "remaining")
 
-    def __init__(
-        self, engine: Engine, owners: Sequence[Replica], futures: Sequence[asyncio.Future[codec.Frame]]
-    ) -> None:
+    def __init__(self, engine: Engine, count: int) -> None:
         self.engine = engine
-        self.owners = owners
-        self.futures = futures
-        self.remaining = len(futures)
+        self.remaining = count
+        self.failures: dict[str, errors.MetalhornError] | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not futures:
+        if count == 0:
             self.done.set_result(None)
-        callback = self._one_done
-        for future in futures:
-            future.add_done_callback(callback)
 
-    def _one_done(self, _future: asyncio.Future[codec.Frame]) -> None:
+    def reply(self, owner: Replica, _frame: codec.Frame | None, exc: errors.MetalhornError | None) -> None:
+        if exc is not None:
+            if self.failures is None:
+                self.failures = {}
+            self.failures.setdefault(owner.address, exc)
         self.remaining -= 1
         if self.remaining:
             return
-        failures: dict[str, errors.MetalhornError] | None = None
-        for owner, future in zip(self.owners, self.futures, strict=True):
-            if future.cancelled():
-                exc: BaseException | None = errors.Unavailable(f"replica {owner.address}: request cancelled")
-            else:
-                exc = future.exception()
-            if exc is not None:
-                if failures is None:
-                    failures = {}
-                if owner.address not in failures:
-                    failures[owner.address] = (
-                        exc
-                        if isinstance(exc, errors.MetalhornError)
-                        else errors.Internal(f"{type(exc).__name__}: {exc}")
-                    )
         done = self.done
-        if failures is None:
+        if self.failures is None:
             if not done.done():
                 done.set_result(None)
             return
-        outcome = self.engine._apply(failures)
-        if done.done():
+        outcome = self.engine._apply(self.failures)
+        if done.done():  # the caller was cancelled
             return
         if outcome.error is None:
             done.set_result(None)

@@ -1,13 +1,17 @@
 """asyncio client of the replica protocol: one connection, many requests in flight.
 
 The engine talks to each replica through one ReplicaClient. Requests are pipelined: every request gets a fresh
-request id and a future in a dict; replies (which may come out of order) resolve the future by id. There are no
+request id and a completion in a dict; replies (which may come out of order) complete it by id. There are no
 per-request tasks and no per-request timers -- one periodic timer expires requests older than the timeout, because
-on the data path a `wait_for` per 4 KiB write costs more than the write itself.
+on the data path a `wait_for` per 4 KiB write costs more than the write itself. Requests queued in one loop
+iteration leave in one `writelines` (one syscall per batch, not per request).
 
-The `submit_*` methods are synchronous: they put the request on the wire and return its future at once. The engine
-uses them to issue one write to every replica in the same order before it awaits anything. The `async` methods are
-the same requests for callers that just want the answer.
+Three ways to make a request, all synchronous up to the wire, so the engine can put one write on every replica's
+wire in the same order before it awaits anything:
+- `send(kind, ..., callback, arg)`: the cheapest -- `callback(arg, frame, error)` runs right inside
+  data_received when the reply arrives (no future, no call_soon). The engine's fan-out uses this.
+- `submit_*()`: returns a future of the reply frame.
+- `async` methods (`read`, `write`, ...): the same requests for callers that just want the answer.
 
 A request that times out means the replica stopped answering: the client then fails every pending request with
 Unavailable and closes the connection (a late reply could not be trusted any more, and the engine takes the replica
@@ -22,6 +26,7 @@ import itertools
 import json
 import logging
 import socket
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # A write payload: bytes, or a slice of a bigger buffer (memoryview) that is sent without copying.
 Payload = bytes | bytearray | memoryview
+
+# Completion of one request: callback(arg, reply frame, None) or callback(arg, None, error).
+Callback = Callable[[Any, "codec.Frame | None", "errors.MetalhornError | None"], None]
 
 DEFAULT_TIMEOUT = 8.0  # seconds, as Longhorn's engine-to-replica timeout
 
@@ -46,6 +54,8 @@ _FLUSH = int(codec.FrameType.FLUSH)
 _PING = int(codec.FrameType.PING)
 _CONTROL = int(codec.FrameType.CONTROL)
 _HELLO = int(codec.FrameType.HELLO)
+_MAGIC = codec.MAGIC
+_pack = codec.HEADER.pack
 
 
 class ReplicaClient(asyncio.Protocol):
@@ -61,12 +71,14 @@ class ReplicaClient(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._decoder = codec.Decoder()
         self._ids = itertools.count(1)  # 0 is the HELLO
-        # request id -> (future of the reply frame, deadline in loop time)
-        self._pending: dict[int, tuple[asyncio.Future[codec.Frame], float]] = {}
+        # request id -> (callback, its argument, deadline in loop time)
+        self._pending: dict[int, tuple[Callback, Any, float]] = {}
         self._hello: asyncio.Future[codec.Frame] = self._loop.create_future()
         self._failure: errors.MetalhornError | None = None
         self._closed = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
+        self._out: list[Payload] = []  # requests of this loop iteration, sent together by _flush_out
+        self._flush_scheduled = False
         self._tick = max(0.005, min(timeout / 4, 1.0))
         # Called once when the connection fails (lost, timed out, garbage) -- not on close(). The engine uses it to
         # take a dead replica out of service at once, even when no I/O is running.
@@ -107,8 +119,7 @@ class ReplicaClient(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = typing.cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
@@ -130,15 +141,16 @@ class ReplicaClient(asyncio.Protocol):
             if entry is None:
                 if frame.type == _HELLO and not self._hello.done():
                     self._answer_hello(frame)
-                # else: the reply to a request we already gave up on (cancelled); drop it
-                continue
-            future = entry[0]
-            if future.done():  # the caller cancelled it
-                continue
-            if frame.error:
-                future.set_exception(errors.from_code(frame.error, bytes(frame.payload).decode("utf-8", "replace")))
-            else:
-                future.set_result(frame)
+                continue  # else: a reply after we failed everything; drop it
+            callback, arg, _deadline = entry
+            try:
+                if frame.error:
+                    message = bytes(frame.payload).decode("utf-8", "replace")
+                    callback(arg, None, errors.from_code(frame.error, message))
+                else:
+                    callback(arg, frame, None)
+            except Exception:  # a broken callback must not lose the other replies of this batch
+                log.exception("%s", logs.kv(replica=self.address, event="reply callback failed"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"connection lost: {exc}" if exc else "connection closed"
@@ -150,25 +162,44 @@ class ReplicaClient(asyncio.Protocol):
         self._fail(errors.Unavailable(f"replica {self.address}: connection closed by the replica"))
         return None
 
-    # -- requests: submit_* put one request on the wire and return its future ----------------------------------
+    # -- requests: send() calls back, submit_* return a future ----------------------------------------------------
+
+    def send(
+        self,
+        kind: codec.FrameType,
+        offset: int,
+        length: int,
+        callback: Callback,
+        arg: Any,
+        *,
+        payload: Payload | None = None,
+        fua: bool = False,
+        no_hole: bool = False,
+    ) -> None:
+        """Queue one request; `callback(arg, frame, None)` or `callback(arg, None, error)` runs on completion.
+
+        The callback may run before send() returns when the client has already failed.
+        """
+        flags = (_FUA if fua else 0) | (_NO_HOLE if no_hole else 0)
+        self._request(int(kind), flags, offset, len(payload) if payload else length, payload, callback, arg)
 
     def submit_read(self, offset: int, length: int) -> asyncio.Future[codec.Frame]:
-        return self._request(_READ, 0, offset, length, None)
+        return self._future(_READ, 0, offset, length, None)
 
     def submit_write(self, offset: int, data: Payload, *, fua: bool = False) -> asyncio.Future[codec.Frame]:
-        return self._request(_WRITE, _FUA if fua else 0, offset, len(data), data)
+        return self._future(_WRITE, _FUA if fua else 0, offset, len(data), data)
 
     def submit_unmap(self, offset: int, length: int) -> asyncio.Future[codec.Frame]:
-        return self._request(_UNMAP, 0, offset, length, None)
+        return self._future(_UNMAP, 0, offset, length, None)
 
     def submit_write_zeroes(self, offset: int, length: int, *, no_hole: bool = False) -> asyncio.Future[codec.Frame]:
-        return self._request(_WRITE_ZEROES, _NO_HOLE if no_hole else 0, offset, length, None)
+        return self._future(_WRITE_ZEROES, _NO_HOLE if no_hole else 0, offset, length, None)
 
     def submit_flush(self) -> asyncio.Future[codec.Frame]:
-        return self._request(_FLUSH, 0, 0, 0, None)
+        return self._future(_FLUSH, 0, 0, 0, None)
 
     def submit_ping(self) -> asyncio.Future[codec.Frame]:
-        return self._request(_PING, 0, 0, 0, None)
+        return self._future(_PING, 0, 0, 0, None)
 
     # -- the same requests, awaited --------------------------------------------------------------------------------
 
@@ -198,7 +229,7 @@ class ReplicaClient(asyncio.Protocol):
     ) -> dict[str, Any]:
         """Send a CONTROL request (JSON) and return the JSON reply. `timeout` overrides the client's for slow ops."""
         payload = json.dumps(request, separators=(",", ":")).encode()
-        frame = await self._request(_CONTROL, 0, 0, 0, payload, timeout=timeout)
+        frame = await self._future(_CONTROL, 0, 0, 0, payload, timeout=timeout)
         try:
             reply = json.loads(frame.payload or b"{}")
         except ValueError as exc:
@@ -229,25 +260,46 @@ class ReplicaClient(asyncio.Protocol):
 
     # -- internals ------------------------------------------------------------------------------------------------
 
-    def _request(
+    def _future(
         self, ftype: int, flags: int, offset: int, length: int, payload: Payload | None, *, timeout: float | None = None
     ) -> asyncio.Future[codec.Frame]:
         future: asyncio.Future[codec.Frame] = self._loop.create_future()
-        if self._failure is not None:
-            future.set_exception(errors.Unavailable(self._failure.message))
-            return future
-        request_id = next(self._ids)
-        self._pending[request_id] = (future, self._loop.time() + (timeout or self.timeout))
-        header = codec.HEADER.pack(
-            codec.MAGIC, self.version, ftype, flags, 0, request_id, offset, length, len(payload) if payload else 0
-        )
-        transport = self._transport
-        assert transport is not None
-        if payload:
-            transport.writelines((header, payload))  # no concatenation: the payload is never copied here
-        else:
-            transport.write(header)
+        self._request(ftype, flags, offset, length, payload, _resolve, future, timeout=timeout)
         return future
+
+    def _request(  # noqa: PLR0917 - private hot path, called positionally
+        self,
+        ftype: int,
+        flags: int,
+        offset: int,
+        length: int,
+        payload: Payload | None,
+        callback: Callback,
+        arg: Any,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        if self._failure is not None:
+            callback(arg, None, errors.Unavailable(self._failure.message))
+            return
+        request_id = next(self._ids)
+        self._pending[request_id] = (callback, arg, self._loop.time() + (timeout or self.timeout))
+        out = self._out
+        out.append(
+            _pack(_MAGIC, self.version, ftype, flags, 0, request_id, offset, length, len(payload) if payload else 0)
+        )
+        if payload:
+            out.append(payload)  # no concatenation: the payload is never copied here
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
+        """Send every request queued in this loop iteration with one writelines (one syscall, not one each)."""
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if out and self._failure is None and self._transport is not None:
+            self._transport.writelines(out)
 
     def _send(self, data: bytes) -> None:
         assert self._transport is not None
@@ -267,7 +319,7 @@ class ReplicaClient(asyncio.Protocol):
         if self._failure is not None:
             return
         now = self._loop.time()
-        for request_id, (_future, deadline) in self._pending.items():
+        for request_id, (_callback, _arg, deadline) in self._pending.items():
             if deadline <= now:  # also a cancelled request: the replica never answered it
                 self._fail(errors.Unavailable(f"replica {self.address}: request {request_id} timed out"))
                 return
@@ -282,9 +334,11 @@ class ReplicaClient(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, {}
-        for future, _deadline in pending.values():
-            if not future.done():
-                future.set_exception(errors.Unavailable(exc.message))
+        for callback, arg, _deadline in pending.values():
+            try:
+                callback(arg, None, errors.Unavailable(exc.message))
+            except Exception:
+                log.exception("%s", logs.kv(replica=self.address, event="failure callback failed"))
         if not self._hello.done():
             self._hello.set_exception(errors.Unavailable(exc.message))
             self._hello.exception()  # connect() re-raises it when waiting; nobody else must see "never retrieved"
@@ -292,6 +346,16 @@ class ReplicaClient(asyncio.Protocol):
             log.debug("%s", logs.kv(replica=self.address, event="closed", reason=exc.message, failed=len(pending)))
         if self._transport is not None:
             self._transport.close()
-        callback, self.on_failure = self.on_failure, None
-        if callback is not None:
-            callback(exc)
+        on_failure, self.on_failure = self.on_failure, None
+        if on_failure is not None:
+            on_failure(exc)
+
+
+def _resolve(future: asyncio.Future[codec.Frame], frame: codec.Frame | None, exc: errors.MetalhornError | None) -> None:
+    if future.done():  # the caller cancelled it
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        assert frame is not None
+        future.set_result(frame)
