@@ -6,6 +6,8 @@ import pathlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metalhorn.lb import config, fields, model
 
@@ -175,3 +177,50 @@ def test_invalid_services(doc: Any, expected: str) -> None:
         model.parse_service(doc)
     texts = [str(p) for p in info.value.problems]
     assert any(t.startswith(expected) for t in texts), texts
+
+
+service_trees = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 70000)
+    | st.text(max_size=10)
+    | st.sampled_from(["LoadBalancer", "198.18.0.1", "2001:db8::1", "PreferDualStack", "IPv6", "UDP", "1.2.3.4:80"]),
+    lambda kids: (
+        st.lists(kids, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "ports",
+                    "port",
+                    "protocol",
+                    "loadBalancerIP",
+                    "ipFamilies",
+                    "ipFamilyPolicy",
+                    "annotations",
+                    "labels",
+                    "ip",
+                    "targetPort",
+                    "x",
+                ]
+            ),
+            kids,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(service_trees, service_trees, service_trees)
+def test_fuzz_service_parser_raises_only_invalid_config(spec: object, meta_extra: object, endpoints: object) -> None:
+    doc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "annotations": meta_extra}, "spec": spec}
+    if endpoints is not None:
+        doc["endpoints"] = endpoints
+    try:
+        s = model.parse_service(doc)
+    except fields.InvalidConfig as exc:
+        assert exc.problems
+    else:
+        assert s.key == "default/s"
