@@ -133,6 +133,7 @@ def test_simple_round_trip(message: codec.Message) -> None:
     assert codec.decode_one(codec.encode(message)) == message
 
 
+@settings(max_examples=40)
 @given(st.lists(messages, max_size=6), st.integers(1, 80))
 def test_framer_in_any_chunking(items: list[codec.Message], chunk: int) -> None:
     stream = b"".join(codec.encode(m) for m in items)
