@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from metalhorn.common import errors
+
 
 class BlockDevice(Protocol):
     @property
@@ -36,7 +38,5 @@ class BlockDevice(Protocol):
 
 def check_range(size: int, offset: int, length: int) -> None:
     """Raise OutOfRange unless [offset, offset+length) lies inside a device of `size` bytes."""
-    from metalhorn.common import errors
-
     if offset < 0 or length < 0 or offset + length > size:
         raise errors.OutOfRange(f"range offset={offset} length={length} is outside the device of {size} bytes")
