@@ -142,7 +142,7 @@ def test_serve_talk_sigterm_inspect(tmp_path: pathlib.Path, spawn: list[Served])
     }
     assert report["chain"] == ["volume-snap-s1.img", "volume-head-001.img"]
     assert report["revision"] == 16 + 3
-    assert report["checksum"] == "sha256:" + hashlib.sha256(model).hexdigest()
+    assert report["checksum"] == hashlib.sha256(model).hexdigest()
     layers = report["layers"]
     assert isinstance(layers, list) and layers[0]["allocated"] >= 1 << 20
 

@@ -23,7 +23,7 @@ def describe(directory: str, *, checksum: bool = False) -> dict[str, Any]:
         with open(os.path.join(store.directory, meta.VOLUME_META), "rb") as f:
             report["volume_meta"] = json.loads(f.read())
         if checksum:
-            report["checksum"] = "sha256:" + store.checksum()
+            report["checksum"] = store.checksum()  # SHA-256 hex
         return report
     finally:
         store.close()
@@ -43,7 +43,7 @@ def render_text(report: dict[str, Any]) -> str:
     if report.get("error"):
         lines.append(f"error      {report['error']}")
     if "checksum" in report:
-        lines.append(f"checksum   {report['checksum']}")
+        lines.append(f"sha256     {report['checksum']}")
     lines.append("chain (oldest first):")
     rows = [("NAME", "SIZE", "ALLOCATED", "USER", "REMOVED", "CREATED", "LABELS")]
     for layer in report["layers"]:
