@@ -111,6 +111,17 @@ class Child:
                     self._popen.wait(timeout=5.0)
         return self._popen.poll()
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the process has used so far (all threads), from /proc/PID/stat."""
+        if not self.alive():
+            return None
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()  # fields after the command name; utime, stime are 14 and 15
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def tail(self, lines: int = 25) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +263,27 @@ def metrics(job: Job, fio: dict[str, Any]) -> dict[str, float]:
     return found
 
 
+def run_job(job: Job, running: Running, settings: Settings, *, out: Path) -> dict[str, Any]:
+    """One fio job with the CPU seconds each server process spent meanwhile (where the 2 cores went)."""
+    before = {c.name: c.cpu_seconds() for c in running.children}
+    fio = run_fio(job, running.uri, settings, out=out)
+    cpu = {}
+    for child in running.children:
+        start, end = before.get(child.name), child.cpu_seconds()
+        if start is not None and end is not None:
+            cpu[child.name] = round(end - start, 2)
+    jobs = fio["jobs"][0]
+    cpu["fio"] = round((jobs["usr_cpu"] + jobs["sys_cpu"]) / 100 * jobs["elapsed"], 2)
+    found = metrics(job, fio)
+    print(
+        f"    {job.key:<18} {found['iops']:>9,.0f} IOPS {found['mib_s']:>8,.1f} MiB/s"
+        f"  p50 {found['p50_us']:>7,.0f} µs  p99 {found['p99_us']:>7,.0f} µs  cpu s: "
+        + " ".join(f"{name} {seconds:.1f}" for name, seconds in cpu.items()),
+        flush=True,
+    )
+    return {"metrics": found, "cpu_seconds": cpu, "fio": fio}
+
+
 # ---------------------------------------------------------------------------------------------------- table
 
 
@@ -406,15 +428,19 @@ def profile_engine(settings: Settings, *, tool: str, top: int) -> str:
         assert running.engine is not None
         if tool == "cprofile":
             running.engine.send(signal.SIGUSR1)
+            window = time.monotonic()
             fio = run_fio(PROFILE_JOB, running.uri, settings, out=prof_dir / "fio.json")
             running.engine.send(signal.SIGUSR2)
+            window = time.monotonic() - window
             common.wait_until("the engine's profile", stats.exists, timeout=30, children=[running.engine])
             text = io.StringIO()
             st = pstats.Stats(str(stats), stream=text)
             st.strip_dirs().sort_stats("cumulative").print_stats(top)
             text.write("\ntop by own time (tottime):\n")
             st.sort_stats("tottime").print_stats(top)
-            report = text.getvalue()
+            report = f"profiled window {window:.1f} s of wall time\n" + "\n".join(
+                line for line in text.getvalue().splitlines() if str(stats) not in line
+            )
         else:
             assert pyspy is not None
             raw = prof_dir / "engine.pyspy.txt"
@@ -612,16 +638,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     with launch(target, settings, tag=f"r{round_no}-{target.key}") as running:
                         for job in JOBS:
-                            fio = run_fio(
-                                job, running.uri, settings, out=workdir / f"r{round_no}-{target.key}-{job.key}.json"
-                            )
-                            found = metrics(job, fio)
-                            entry["jobs"][job.key] = {"metrics": found, "fio": fio}
-                            print(
-                                f"    {job.key:<18} {found['iops']:>10,.0f} IOPS {found['mib_s']:>9,.1f} MiB/s"
-                                f"  p50 {found['p50_us']:>8,.0f} µs  p99 {found['p99_us']:>8,.0f} µs",
-                                flush=True,
-                            )
+                            out = workdir / f"r{round_no}-{target.key}-{job.key}.json"
+                            entry["jobs"][job.key] = run_job(job, running, settings, out=out)
                 except common.BenchError as exc:
                     failures += 1
                     entry["error"] = str(exc)
