@@ -290,3 +290,21 @@ async def test_closed_engine_is_unavailable(three: list[FakeReplica]) -> None:
     with pytest.raises(errors.Unavailable, match="closed"):
         await engine.write(0, b"x")
     assert modes(engine) == ["RW", "RW", "RW"]
+
+
+def test_the_same_under_uvloop() -> None:
+    """Daemons run on uvloop (its transports differ from asyncio's): fan-out, failure and read retry there too."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> list[str]:
+        async with fakes(3) as replicas, opened(replicas) as engine:
+            await engine.write(0, b"u" * 4096, fua=True)
+            replicas[0].fault = fail_on(T.READ)
+            replicas[2].fault = fail_on(T.WRITE)
+            await engine.write(4096, b"v" * 4096)
+            assert await engine.read(0, 4096) == b"u" * 4096
+            assert await engine.read(4096, 4096) == b"v" * 4096
+            await engine.flush()
+            return modes(engine)
+
+    assert uvloop.run(scenario()) == ["ERR", "RW", "ERR"]
