@@ -60,6 +60,7 @@ def test_up_serves_a_volume_and_resumes_with_data(tmp_path: pathlib.Path) -> Non
         assert info.stdout.count('"RW"') == 3
     finally:
         assert stop(proc) == 0, log.read_text()
+    log = tmp_path / "up-again.log"
     proc = start_up(tmp_path / "data", port, log)
     try:
         out = subprocess.run(

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,10 @@ SIZE = 256 << 20
 
 
 def run(args: list[str], *, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=check)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
 
 
 def qemu_io(uri: str, *commands: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -46,6 +50,12 @@ def fio_verify(uri: str, *, size: str, name: str = "verify", iodepth: int = 16) 
         "--randrepeat=0",
         "--output-format=json",
     ]
+
+
+def fio_job(stdout: str) -> dict[str, Any]:
+    """fio's first job from its JSON output (the nbd engine prints a line before the JSON)."""
+    job: dict[str, Any] = json.loads(stdout[stdout.index("{") :])["jobs"][0]
+    return job
 
 
 def assert_replicas_agree(volume: harness.LocalVolume) -> None:
@@ -99,7 +109,7 @@ def test_qemu_io_patterns_at_edges_and_unaligned(volume: harness.LocalVolume) ->
     assert "read failed" in past.stdout + past.stderr or past.returncode != 0
     # The engine is still up and serving after the failed request.
     assert volume.engine is not None and volume.engine.alive
-    qemu_io(volume.uri, "read -P 0x11 0 4k")
+    qemu_io(volume.uri, "read -P 0x11 0 1000", "read -P 0x22 1000 3000")
     assert volume.replica_modes() == ["RW", "RW", "RW"]
     assert_replicas_agree(volume)
 
@@ -121,7 +131,7 @@ def test_nbdcopy_256mib_in_and_out_is_identical(volume: harness.LocalVolume, tmp
 
 def test_fio_verify_random_writes(volume: harness.LocalVolume) -> None:
     out = run(fio_verify(volume.uri, size="64m"), timeout=300)
-    job = json.loads(out.stdout)["jobs"][0]
+    job = fio_job(out.stdout)
     assert job["error"] == 0
     assert job["write"]["io_bytes"] >= 64 << 20
     assert job["read"]["io_bytes"] >= 64 << 20  # the verify pass read everything back
@@ -144,7 +154,7 @@ def test_sigkill_two_replicas_during_fio_verify(volume: harness.LocalVolume, tmp
             fio.kill()
             fio.wait()
     assert fio.returncode == 0, stderr
-    job = json.loads(stdout)["jobs"][0]
+    job = fio_job(stdout)
     assert job["error"] == 0
     assert job["read"]["io_bytes"] >= 96 << 20
     assert volume.replica_modes() == ["ERR", "ERR", "RW"]
@@ -156,6 +166,7 @@ def test_all_replicas_killed_errors_then_acknowledged_writes_survive(
 ) -> None:
     record = tmp_path / "record.txt"
     blocks = SIZE // 4096
+    writer_log = (tmp_path / "writer.log").open("wb")
     writer = subprocess.Popen(
         [
             "/usr/bin/python3",
@@ -169,7 +180,7 @@ def test_all_replicas_killed_errors_then_acknowledged_writes_survive(
             "--flush-every",
             "50",
         ],
-        stdout=subprocess.PIPE,
+        stdout=writer_log,
         stderr=subprocess.STDOUT,
     )
     try:
@@ -185,6 +196,7 @@ def test_all_replicas_killed_errors_then_acknowledged_writes_survive(
         if writer.poll() is None:
             writer.kill()
             writer.wait()
+        writer_log.close()
     result = acked.read_record(record)
     assert writer.returncode == 3, f"writer did not see an I/O error (rc={writer.returncode}, waited {waited:.1f}s)"
     assert result.errors, "the record has no error line"

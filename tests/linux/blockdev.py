@@ -15,13 +15,15 @@ def nbd_loop_device(uri: str, workdir: pathlib.Path) -> Iterator[str]:
     mountpoint = workdir / "fuse"
     mountpoint.mkdir(parents=True, exist_ok=True)
     pidfile = workdir / "nbdfuse.pid"
-    fuse = subprocess.Popen(
-        ["nbdfuse", "-P", str(pidfile), str(mountpoint), uri], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    fuse_log = workdir / "nbdfuse.log"
+    with fuse_log.open("wb") as out:
+        fuse = subprocess.Popen(
+            ["nbdfuse", "-P", str(pidfile), str(mountpoint), uri], stdout=out, stderr=subprocess.STDOUT
+        )
     loop = ""
     try:
         harness.wait_until(lambda: pidfile.exists() or fuse.poll() is not None, timeout=30, what="nbdfuse")
-        assert fuse.poll() is None, f"nbdfuse exited: {fuse.stderr.read() if fuse.stderr else ''}"
+        assert fuse.poll() is None, f"nbdfuse exited: {fuse_log.read_text()}"
         loop = subprocess.run(
             ["losetup", "--find", "--show", "--direct-io=off", str(mountpoint / "nbd")],
             capture_output=True,

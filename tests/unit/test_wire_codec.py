@@ -61,9 +61,7 @@ def test_bad_header_fields_are_rejected(patch: dict[int, int], message: str) -> 
 
 def test_golden_write_frame() -> None:
     frame = codec.Frame(codec.FrameType.WRITE, request_id=7, offset=4096, length=3, payload=b"abc")
-    assert codec.encode(frame).hex() == (
-        "4d48" "01" "03" "0000" "0000" "0000000000000007" "0000000000001000" "00000003" "00000003" "616263"
-    )
+    assert codec.encode(frame).hex() == ("4d48010300000000000000000000000700000000000010000000000300000003616263")
 
 
 def test_negotiation() -> None:

@@ -100,10 +100,17 @@ class Supervisor:
         log.info("stopping on signal %s", kv(signal=signal.Signals(signum).name))
         self._stopping = True
 
-    def run(self, *, poll_interval: float = 0.2) -> int:
-        """Watch the children until a stop is requested; returns the exit code for the command."""
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM request an orderly stop (call before starting children: no window without them)."""
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def run(self, *, poll_interval: float = 0.2) -> int:
+        """Watch the children until a stop is requested; returns the exit code for the command."""
         code = 0
         while not self._stopping:
             for child in self.children:

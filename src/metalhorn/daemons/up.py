@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     size = str(settings["size"])
     listen = addresses.parse_address(args.listen, what="--listen")
     sup = supervisor.Supervisor()
+    sup.install_signal_handlers()
     try:
         replica_addresses = []
         for index in range(args.replicas):
