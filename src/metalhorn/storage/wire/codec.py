@@ -55,6 +55,7 @@ class Flags(enum.IntFlag):
 
 _KNOWN_FLAGS = int(Flags.REPLY | Flags.FUA | Flags.NO_HOLE)
 _TYPES = frozenset(int(t) for t in FrameType)
+_FRAME_TYPES = {int(t): t for t in FrameType}
 
 
 @dataclasses.dataclass(slots=True)
@@ -129,32 +130,42 @@ class Decoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Frame]:
+        # Parse straight from `data` when nothing is buffered (the common case), so each payload is copied
+        # once; keep only the unparsed tail.
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            src: bytes | bytearray = buf
+        else:
+            src = data
         frames: list[Frame] = []
         pos = 0
-        end = len(buf)
+        end = len(src)
         unpack_from = HEADER.unpack_from
-        while end - pos >= HEADER_SIZE:
-            magic, version, ftype, flags, error, request_id, offset, length, payload_len = unpack_from(buf, pos)
-            if magic != MAGIC:
-                raise errors.ProtocolError(f"bad frame magic {bytes(magic)!r}")
-            if version not in SUPPORTED_VERSIONS:
-                raise errors.ProtocolError(f"unsupported frame version {version}")
-            if ftype not in _TYPES:
-                raise errors.ProtocolError(f"unknown frame type {ftype}")
-            if flags & ~_KNOWN_FLAGS:
-                raise errors.ProtocolError(f"unknown frame flags {flags:#x}")
-            if payload_len > self._max_payload or length > MAX_LENGTH:
-                raise errors.ProtocolError(f"oversized frame: payload {payload_len}, length {length}")
-            if end - pos - HEADER_SIZE < payload_len:
-                break
-            start = pos + HEADER_SIZE
-            payload = bytes(buf[start : start + payload_len]) if payload_len else b""
-            frames.append(Frame(FrameType(ftype), request_id, offset, length, flags, error, payload, version))
-            pos = start + payload_len
-        if pos:
-            del buf[:pos]
+        with memoryview(src) as view:
+            while end - pos >= HEADER_SIZE:
+                magic, version, ftype, flags, error, request_id, offset, length, payload_len = unpack_from(src, pos)
+                if magic != MAGIC:
+                    raise errors.ProtocolError(f"bad frame magic {bytes(magic)!r}")
+                if version not in SUPPORTED_VERSIONS:
+                    raise errors.ProtocolError(f"unsupported frame version {version}")
+                if ftype not in _TYPES:
+                    raise errors.ProtocolError(f"unknown frame type {ftype}")
+                if flags & ~_KNOWN_FLAGS:
+                    raise errors.ProtocolError(f"unknown frame flags {flags:#x}")
+                if payload_len > self._max_payload or length > MAX_LENGTH:
+                    raise errors.ProtocolError(f"oversized frame: payload {payload_len}, length {length}")
+                if end - pos - HEADER_SIZE < payload_len:
+                    break
+                start = pos + HEADER_SIZE
+                payload = bytes(view[start : start + payload_len]) if payload_len else b""
+                frames.append(Frame(_FRAME_TYPES[ftype], request_id, offset, length, flags, error, payload, version))
+                pos = start + payload_len
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += data[pos:]
         return frames
 
 
