@@ -11,6 +11,7 @@ VENV="$ROOT/.venv"
 DEB_NEEDS=(
   python3:python3 nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:nbdfuse fusermount3:fuse3
   qemu-io:qemu-utils fio:fio nbdsh:python3-libnbd mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs losetup:mount
+  arping:arping ndisc6:ndisc6 tcpdump:tcpdump nft:nftables keepalived:keepalived
 )
 
 missing=()
