@@ -1,0 +1,56 @@
+"""One stored record: intent (`spec`, written by the API), observation (`status`, written by controllers and
+agents), and the resource version that makes concurrent writers safe.
+
+Records are frozen; `spec` and `status` are plain JSON values. A store hands out deep copies, so changing a
+record you read never changes what is stored: write it back with ``store.update(record.with_(...))``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+from metalhorn.common import errors
+
+KINDS = ("volume", "node", "replica", "engine", "setting")
+
+JSON = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    kind: str
+    name: str
+    spec: JSON = dataclasses.field(default_factory=dict)
+    status: JSON = dataclasses.field(default_factory=dict)
+    owner_id: str = ""
+    resource_version: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def with_(self, **changes: Any) -> Record:
+        """A copy with some fields replaced (spec/status are deep-copied, so the copy owns them)."""
+        changes.setdefault("spec", copy.deepcopy(self.spec))
+        changes.setdefault("status", copy.deepcopy(self.status))
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> JSON:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "spec": copy.deepcopy(self.spec),
+            "status": copy.deepcopy(self.status),
+            "owner_id": self.owner_id,
+            "resource_version": self.resource_version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def check_key(kind: str, name: str) -> None:
+    """Reject keys no record can have (the API validates names more strictly, with the field named)."""
+    if kind not in KINDS:
+        raise errors.InvalidArgument(f"unknown record kind {kind!r}; kinds are {', '.join(KINDS)}")
+    if not name or not isinstance(name, str):
+        raise errors.InvalidArgument(f"a {kind} record needs a non-empty name")
