@@ -479,6 +479,38 @@ def _machine_line(machine: dict[str, Any]) -> str:
     return f"{machine['cpus']} cores ({machine['cpu_model']}), {machine['mem_gib']} GiB RAM, {machine['kernel']}"
 
 
+def _load_range(report: dict[str, Any]) -> str:
+    loads = [x for rnd in report["rounds"] for entry in rnd["targets"].values() for x in entry.get("loadavg", [])]
+    return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "unknown"
+
+
+def render_cpu(report: dict[str, Any]) -> str:
+    """Per round, the CPU seconds each process spent per job, next to the core-seconds the job had (2 x wall)."""
+    out = ["### CPU seconds per job (where the cores went)", ""]
+    cores = report["machine"]["cpus"] or 1
+    for rnd in report["rounds"]:
+        targets = rnd["targets"]
+        head = ["job", *[entry["column"] for entry in targets.values()]]
+        out += [f"Round {rnd['round']}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for job in JOBS:
+            cells = [job.key]
+            for entry in targets.values():
+                found = entry["jobs"].get(job.key)
+                if found is None:
+                    cells.append("—")
+                    continue
+                cpu = found["cpu_seconds"]
+                replicas = sum(v for k, v in cpu.items() if k.startswith("replica"))
+                parts = [f"{k} {v:.1f}" for k, v in cpu.items() if not k.startswith("replica")]
+                if replicas:
+                    parts.insert(0, f"replicas {replicas:.1f}")
+                wall = found["fio"]["jobs"][0]["elapsed"]
+                cells.append(", ".join(parts) + f" (of {cores * wall:.0f})")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def render_markdown(report: dict[str, Any], table: str) -> str:
     opts = report["options"]
     return "\n".join(
@@ -488,9 +520,10 @@ def render_markdown(report: dict[str, Any], table: str) -> str:
             f"Run {report['date']} on {_machine_line(report['machine'])}; metalhorn {report['revision']}, "
             f"{report['tools']['fio']}, {report['tools']['nbdkit']}. `bench/nbd_bench` — fio libnbd engine, "
             f"one connection, {opts['size_mib']} MiB volume, {opts['runtime']} s per job after {opts['ramp']} s "
-            f"ramp, volume filled sequentially first. {len(report['rounds'])} rounds side by side; each cell "
+            f"ramp, volume filled sequentially first. {len(report['rounds'])} round(s) side by side; each cell "
             "shows round 1 / round 2 / …. Goals: (c) ≥ 50 % of (a) on 4 KiB random IOPS, ≥ 60 % on sequential "
-            "bandwidth.",
+            f"bandwidth. 1-minute load average during the run {_load_range(report)} (the machine is shared, so "
+            "only the side-by-side ratios mean much).",
             "",
             table,
             "",
@@ -633,13 +666,14 @@ def main(argv: list[str] | None = None) -> int:
             report["rounds"].append(rnd)
             for target in targets:
                 print(f"== round {round_no}/{args.repeat}: {target.column}", flush=True)
-                entry: dict[str, Any] = {"column": target.column, "jobs": {}}
+                entry: dict[str, Any] = {"column": target.column, "jobs": {}, "loadavg": [os.getloadavg()[0]]}
                 rnd["targets"][target.key] = entry
                 try:
                     with launch(target, settings, tag=f"r{round_no}-{target.key}") as running:
                         for job in JOBS:
                             out = workdir / f"r{round_no}-{target.key}-{job.key}.json"
                             entry["jobs"][job.key] = run_job(job, running, settings, out=out)
+                    entry["loadavg"].append(os.getloadavg()[0])
                 except common.BenchError as exc:
                     failures += 1
                     entry["error"] = str(exc)
@@ -660,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
             RESULTS.mkdir(parents=True, exist_ok=True)
             (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
             section = render_markdown(report, table)
-            md = section
+            md = section + "\n" + render_cpu(report)
             if "profile" in report:
                 md += "\n### Engine profile\n\n```\n" + report["profile"] + "\n```\n"
             (RESULTS / f"{stem}.md").write_text(md)
