@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -74,6 +75,7 @@ class Settings:
     nbdkit_threads: int
     engine_args: list[str]
     replica_args: list[str]
+    env: dict[str, str] | None = None  # for metalhorn processes: PYTHONPATH of an exported --revision
 
 
 @dataclass
@@ -154,6 +156,7 @@ def launch(target: Target, settings: Settings, *, tag: str, profile_out: Path | 
                     f"replica-{index}",
                     _replica_argv(settings, directory, replica_port),
                     log_path=base / f"replica-{index}.log",
+                    env=settings.env,
                 ).start()
                 children.append(replica)
                 replica_ports.append(replica_port)
@@ -168,6 +171,7 @@ def launch(target: Target, settings: Settings, *, tag: str, profile_out: Path | 
                 "engine",
                 _engine_argv(settings, replica_ports, port, profile_out=profile_out),
                 log_path=base / "engine.log",
+                env=settings.env,
             ).start()
             children.append(engine)
             running = Running(uri=f"nbd://{HOST}:{port}/{VOLUME}", engine=engine, children=children)
@@ -475,6 +479,30 @@ def _git_revision() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def export_revision(revision: str, into: Path) -> str:
+    """Unpack `revision`'s src/ into `into` (git archive), so a run measures one commit, not files mid-edit."""
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", f"{revision}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if sha.returncode != 0:
+        raise common.BenchError(f"unknown revision {revision!r}: {sha.stderr.strip()}")
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", sha.stdout.strip(), "src"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise common.BenchError(f"git archive {revision} failed: {archive.stderr.decode(errors='replace')}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return sha.stdout.strip()
+
+
 def _machine_line(machine: dict[str, Any]) -> str:
     return f"{machine['cpus']} cores ({machine['cpu_model']}), {machine['mem_gib']} GiB RAM, {machine['kernel']}"
 
@@ -584,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(venv_metalhorn) if venv_metalhorn.exists() else None,
         help="command that runs metalhorn (default .venv/bin/metalhorn or python -m)",
     )
+    parser.add_argument(
+        "--revision",
+        default=None,
+        help="run metalhorn from this git revision's src/ (exported to the work dir) instead of the working tree",
+    )
     parser.add_argument("--python", default=None, help="python for the profiled engine (default: metalhorn's venv)")
     parser.add_argument("--engine-arg", action="append", default=[], help="extra argument for engine serve")
     parser.add_argument("--replica-arg", action="append", default=[], help="extra argument for replica serve")
@@ -618,6 +651,10 @@ def main(argv: list[str] | None = None) -> int:
     record = (not args.quick) if args.record is None else args.record
     metalhorn = shlex.split(args.metalhorn) if args.metalhorn else [sys.executable, "-m", "metalhorn.daemons.main"]
     python = args.python
+    if args.revision and python is None:
+        sibling = REPO / ".venv" / "bin" / "python"
+        python = str(sibling) if sibling.exists() else sys.executable
+        metalhorn = [python, "-m", "metalhorn.daemons.main"]
     if python is None:
         sibling = Path(metalhorn[0]).parent / "python"
         python = str(sibling) if len(metalhorn) == 1 and sibling.exists() else sys.executable
@@ -625,6 +662,15 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a background job ignores it
         signal.signal(signum, _raise_interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="nbd_bench-", dir=args.workdir))
+    env, revision = None, _git_revision()
+    if args.revision:
+        try:
+            revision = export_revision(args.revision, workdir / "metalhorn-src")
+        except (common.BenchError, KeyboardInterrupt) as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"nbd_bench: {exc}", file=sys.stderr)
+            return 1
+        env = {**os.environ, "PYTHONPATH": str(workdir / "metalhorn-src" / "src")}
     settings = Settings(
         size=args.size or ((256 << 20) if args.quick else (1 << 30)),
         runtime=args.runtime or (5 if args.quick else 20),
@@ -636,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         nbdkit_threads=args.nbdkit_threads,
         engine_args=args.engine_arg,
         replica_args=args.replica_arg,
+        env=env,
     )
     now = dt.datetime.now().astimezone()
     stem = f"nbd_bench-{now:%Y-%m-%d-%H%M}"
@@ -643,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         "stem": stem,
         "date": f"{now:%Y-%m-%d %H:%M %Z}",
         "machine": common.machine_info(),
-        "revision": _git_revision(),
+        "revision": revision,
         "tools": {
             "fio": common.tool_version(["fio", "--version"]),
             "nbdkit": common.tool_version(["nbdkit", "--version"]),
