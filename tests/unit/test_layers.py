@@ -24,6 +24,7 @@ PURE = (
     "lb/election.py",
     "lb/bgp/messages",
     "lb/bgp/fsm.py",
+    "lb/bgp/routes.py",
 )
 FORBIDDEN = {
     "common": ("metalhorn.storage", "metalhorn.lb", "metalhorn.control", "metalhorn.daemons"),

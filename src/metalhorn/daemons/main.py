@@ -14,6 +14,7 @@ _COMMAND_MODULES = (
     "metalhorn.daemons.up",
     "metalhorn.daemons.replica",
     "metalhorn.daemons.engine",
+    "metalhorn.daemons.bgp",
 )
 
 
