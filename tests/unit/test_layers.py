@@ -14,6 +14,8 @@ PURE = (
     "common/errors.py",
     "common/units.py",
     "common/addresses.py",
+    "common/metrics.py",
+    "storage/scheduler.py",
     "storage/chain",
     "storage/wire/codec.py",
     "storage/nbd",
