@@ -14,6 +14,9 @@ _COMMAND_MODULES = (
     "metalhorn.daemons.up",
     "metalhorn.daemons.replica",
     "metalhorn.daemons.engine",
+    "metalhorn.daemons.agent",
+    "metalhorn.control.cli.volume",
+    "metalhorn.control.cli.node",
     "metalhorn.daemons.bgp",
 )
 

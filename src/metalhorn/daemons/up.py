@@ -1,8 +1,12 @@
-"""`metalhorn up`: a whole local metalhorn on this machine.
+"""`metalhorn up [--nodes 3] [--data-dir DIR]`: a whole metalhorn cluster on this machine.
 
-Until the manager lands this starts one replicated volume: N `metalhorn replica serve` processes (one directory
-each under --data-dir) and a `metalhorn engine serve` with an NBD export, then prints how to attach it. Started
-again with the same --data-dir it resumes from the replica directories with the data intact.
+Starts the manager and N node agents as child processes on loopback (each agent with its own node name and data
+path), waits until every node is ready, prints the API URL, the token file, a node table and how to create and
+attach a volume, then watches the children until Ctrl-C/SIGTERM and stops them in order (agents first, they stop
+their engines and replicas; then the manager). Started again with the same --data-dir it resumes from the
+manager's store and the replica directories: same ports, same volumes, data intact.
+
+Layout of DATA-DIR: manager/ (metalhorn.db, token), nodes/<node>/ (each agent's data path), logs/, up.json.
 """
 
 from __future__ import annotations
@@ -12,151 +16,250 @@ import json
 import logging
 import os
 import pathlib
+import signal
+import time
+from typing import Any
 
-from metalhorn.common import addresses, errors, units
+from metalhorn.common import addresses, errors
+from metalhorn.control import client as client_mod
+from metalhorn.control.agent import processes
+from metalhorn.control.cli import output
 from metalhorn.daemons import supervisor
 
 log = logging.getLogger(__name__)
 
+DEFAULT_PORT = 9500
+READY_TIMEOUT = 90.0
+
 
 def default_data_dir() -> pathlib.Path:
-    if os.geteuid() == 0:
-        return pathlib.Path("/var/lib/metalhorn")
-    base = os.environ.get("XDG_DATA_HOME") or str(pathlib.Path.home() / ".local" / "share")
-    return pathlib.Path(base) / "metalhorn"
+    """Kept in step with client.default_up_token_file(), so the CLI finds this cluster's token by itself."""
+    return client_mod.default_up_token_file().parent.parent
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "up",
-        help="start a local metalhorn on this machine (one replicated volume with an NBD export)",
+        help="start a local metalhorn cluster on this machine (manager + N node agents)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--nodes", type=int, default=None, help="number of nodes (default 3, or as last time)")
     parser.add_argument(
         "--data-dir",
         type=pathlib.Path,
         default=None,
-        help="where replicas, sockets and logs live (default /var/lib/metalhorn as root, "
-        "else ~/.local/share/metalhorn)",
+        help="store, replicas and logs (default /var/lib/metalhorn as root, else ~/.local/share/metalhorn)",
     )
-    parser.add_argument("--volume", default="vol1", help="volume name, also the NBD export name (default vol1)")
     parser.add_argument(
-        "--size", default=None, help="volume size, e.g. 1G (default 1G; taken from an existing data dir when omitted)"
+        "--port",
+        type=int,
+        default=None,
+        help=f"manager API port on 127.0.0.1 (default {DEFAULT_PORT}, or as last time)",
     )
-    parser.add_argument("--replicas", type=int, default=3, help="number of replica processes (default 3)")
+    parser.add_argument("--listen-ip", default="127.0.0.1", help="IP the agents' instances listen on (loopback)")
     parser.add_argument(
-        "--listen",
-        default="127.0.0.1:10809",
-        help="NBD listen address HOST:PORT or unix:PATH (default 127.0.0.1:10809)",
+        "--replica-replenishment-wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a failed replica may come back before it is rebuilt elsewhere (default 10)",
+    )
+    parser.add_argument(
+        "--node-down-after", type=float, default=None, metavar="SECONDS", help="a node without sync is down after"
+    )
+    parser.add_argument(
+        "--block-devices",
+        choices=("auto", "off"),
+        default="auto",
+        help="attached volumes also get /dev/metalhorn/<volume> when root with nbdfuse (default auto)",
     )
     parser.set_defaults(func=run)
 
 
-def _settings(data_dir: pathlib.Path, args: argparse.Namespace) -> dict[str, object]:
-    """The volume's settings, kept in DATA/up.json so a restart uses the same ones."""
+class _ClusterSupervisor(supervisor.Supervisor):
+    def stop_all(self) -> None:
+        """SIGTERM all agents at once (each stops its instances), then wait for them, then the manager."""
+        for child in self.children:
+            if child.name.startswith("agent-") and child.popen is not None and child.popen.poll() is None:
+                os.kill(child.popen.pid, signal.SIGTERM)
+        super().stop_all()
+
+
+def _load_state(path: pathlib.Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise errors.CorruptMetadata(f"{path}: {exc}; fix or remove it (the volumes live in manager/)") from exc
+    if not isinstance(state, dict) or "manager_port" not in state:
+        raise errors.CorruptMetadata(
+            f"{path} was written by an older `metalhorn up` (one volume, no manager); use another --data-dir"
+        )
+    return state
+
+
+def _save_state(path: pathlib.Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _plan(data_dir: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Ports and node names, kept in DATA/up.json so a restart reuses them (stable endpoints)."""
     path = data_dir / "up.json"
-    stored: dict[str, object] = {}
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise errors.CorruptMetadata(f"{path}: {exc}; fix or remove it") from exc
-    size = units.parse_size(args.size) if args.size else int(stored.get("size", 1 << 30))  # type: ignore[call-overload]
-    if stored and stored.get("size") != size:
-        raise errors.InvalidArgument(
-            f"--size {units.format_size(size)} disagrees with the existing volume in {data_dir} "
-            f"({units.format_size(int(stored['size']))}, see {path}); shrinking or resizing here is not supported"  # type: ignore[call-overload]
-        )
-    if stored and (stored.get("volume") != args.volume or stored.get("replicas") != args.replicas):
-        raise errors.InvalidArgument(
-            f"{data_dir} holds volume {stored.get('volume')!r} with {stored.get('replicas')} replicas; "
-            "pass the same --volume/--replicas or another --data-dir"
-        )
-    settings: dict[str, object] = {"volume": args.volume, "size": size, "replicas": args.replicas}
-    if not stored:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
-        os.replace(tmp, path)
-    return settings
+    state = _load_state(path)
+    nodes = args.nodes if args.nodes is not None else int(state.get("nodes", 3))
+    if nodes < 1:
+        raise errors.InvalidArgument(f"--nodes must be at least 1, got {nodes}")
+    port = args.port if args.port is not None else state.get("manager_port")
+    if port is None:
+        port = DEFAULT_PORT if processes.bindable("127.0.0.1", DEFAULT_PORT) else processes.free_port("127.0.0.1")
+    agent_ports: dict[str, int] = dict(state.get("agent_ports") or {})
+    for index in range(1, nodes + 1):
+        name = f"node-{index}"
+        if name not in agent_ports or not processes.bindable(args.listen_ip, agent_ports[name]):
+            agent_ports[name] = processes.free_port(args.listen_ip)
+    state = {"manager_port": int(port), "nodes": nodes, "agent_ports": agent_ports}
+    _save_state(path, state)
+    return state
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.replicas < 1:
-        raise errors.InvalidArgument("--replicas must be at least 1")
     data_dir: pathlib.Path = (args.data_dir or default_data_dir()).resolve()
-    for sub in ("replicas", "run", "logs"):
+    for sub in ("manager", "nodes", "logs"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
-    settings = _settings(data_dir, args)
-    size = str(settings["size"])
-    listen = addresses.parse_address(args.listen, what="--listen")
-    sup = supervisor.Supervisor()
+    plan = _plan(data_dir, args)
+    url = f"http://127.0.0.1:{plan['manager_port']}"
+    token_file = data_dir / "manager" / "token"
+    sup = _ClusterSupervisor()
     sup.install_signal_handlers()
     try:
-        replica_addresses = []
-        for index in range(args.replicas):
-            address = addresses.Address(path=str(data_dir / "run" / f"replica-{index}.sock"))
-            replica_addresses.append(address)
-            sup.start(
-                supervisor.Child(
-                    name=f"replica-{index}",
-                    args=supervisor.metalhorn_command(
-                        "replica",
-                        "serve",
-                        str(data_dir / "replicas" / f"replica-{index}"),
-                        "--size",
-                        size,
-                        "--listen",
-                        str(address),
-                    ),
-                    log_path=data_dir / "logs" / f"replica-{index}.log",
-                    ready_address=address,
-                )
-            )
-        control = addresses.Address(path=str(data_dir / "run" / "engine.sock"))
-        engine_args = ["engine", "serve", args.volume, "--size", size]
-        for address in replica_addresses:
-            engine_args += ["--replica", str(address)]
-        engine_args += ["--frontend", "nbd", "--listen", str(listen), "--control", str(control)]
         sup.start(
             supervisor.Child(
-                name="engine",
-                args=supervisor.metalhorn_command(*engine_args),
-                log_path=data_dir / "logs" / "engine.log",
-                ready_address=listen,
+                name="manager",
+                args=supervisor.metalhorn_command(
+                    "manager",
+                    "--store",
+                    f"sqlite:///{data_dir / 'manager' / 'metalhorn.db'}",
+                    "--listen",
+                    f"127.0.0.1:{plan['manager_port']}",
+                    "--state-dir",
+                    str(data_dir / "manager"),
+                ),
+                log_path=data_dir / "logs" / "manager.log",
+                ready_address=addresses.Address(host="127.0.0.1", port=plan["manager_port"]),
                 restart=True,
+                max_restarts=20,
             )
         )
+        _wait(token_file.exists, what=f"the manager's token file {token_file}", sup=sup, timeout=30.0)
+        target = client_mod.Target(url=url, token=client_mod.read_token(token_file), token_source=str(token_file))
+        with client_mod.Client(target) as api:
+            _apply_settings(api, args)
+            for index in range(1, plan["nodes"] + 1):
+                name = f"node-{index}"
+                sup.start(_agent(name, data_dir, args, url=url, token_file=token_file, port=plan["agent_ports"][name]))
+            nodes = _wait_ready(api, plan["nodes"], sup)
     except BaseException:
         sup.stop_all()
         raise
-    banner = _banner(
-        args.volume, size=int(size), replicas=args.replicas, listen=listen, control=control, data_dir=data_dir
-    )
-    print(banner, flush=True)
+    if sup.stopping:
+        sup.stop_all()
+        return 0
+    print(_banner(url=url, token_file=token_file, data_dir=data_dir, nodes=nodes), flush=True)
     return sup.run()
 
 
-def _banner(
-    volume: str,
-    *,
-    size: int,
-    replicas: int,
-    listen: addresses.Address,
-    control: addresses.Address,
-    data_dir: pathlib.Path,
-) -> str:
-    uri = f"nbd+unix:///{volume}?socket={listen.path}" if listen.is_unix else f"nbd://{listen}/{volume}"
-    mnt = f"/run/metalhorn/{volume}"
+def _agent(
+    name: str, data_dir: pathlib.Path, args: argparse.Namespace, *, url: str, token_file: pathlib.Path, port: int
+) -> supervisor.Child:
+    node_dir = data_dir / "nodes" / name
+    node_dir.mkdir(parents=True, exist_ok=True)
+    return supervisor.Child(
+        name=f"agent-{name}",
+        args=supervisor.metalhorn_command(
+            "agent",
+            "--node",
+            name,
+            "--manager",
+            url,
+            "--data-path",
+            str(node_dir),
+            "--listen-ip",
+            args.listen_ip,
+            "--token-file",
+            str(token_file),
+            "--port",
+            str(port),
+            "--block-devices",
+            args.block_devices,
+        ),
+        log_path=data_dir / "logs" / f"{name}.log",
+        ready_address=addresses.Address(host=args.listen_ip, port=port),
+        restart=False,  # an agent that dies is a node that failed: the cluster shows it and heals around it
+    )
+
+
+def _apply_settings(api: client_mod.Client, args: argparse.Namespace) -> None:
+    settings: dict[str, float] = {"replica_replenishment_wait": args.replica_replenishment_wait}
+    if args.node_down_after is not None:
+        settings["node_down_after"] = args.node_down_after
+    try:
+        api.update_settings(settings)
+    except errors.MetalhornError as exc:
+        log.warning("could not apply settings %s: %s", settings, exc.message)
+
+
+def _wait(predicate: Any, *, what: str, sup: supervisor.Supervisor, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if sup.stopping:
+            return
+        for child in sup.children:
+            if child.exited and not child.restart:
+                raise errors.Unavailable(f"{child.name} exited while starting; see {child.log_path}")
+        if time.monotonic() >= deadline:
+            raise errors.Unavailable(f"timed out after {timeout:g}s waiting for {what}; see the logs in DATA-DIR/logs")
+        time.sleep(0.1)
+
+
+def _wait_ready(api: client_mod.Client, count: int, sup: supervisor.Supervisor) -> list[dict[str, Any]]:
+    nodes: list[dict[str, Any]] = []
+
+    def ready() -> bool:
+        nonlocal nodes
+        try:
+            nodes = api.list_nodes()
+        except errors.MetalhornError:
+            return False
+        wanted = {f"node-{i}" for i in range(1, count + 1)}
+        return wanted <= {str(n.get("name")) for n in nodes if (n.get("status") or {}).get("ready")}
+
+    try:
+        _wait(ready, what=f"{count} nodes to be ready", sup=sup, timeout=READY_TIMEOUT)
+    except errors.Unavailable as exc:
+        raise errors.Unavailable(f"{exc.message}\n{output.node_table(nodes)}") from None
+    return nodes
+
+
+def _banner(*, url: str, token_file: pathlib.Path, data_dir: pathlib.Path, nodes: list[dict[str, Any]]) -> str:
     return "\n".join(
         [
-            f"metalhorn is up: volume {volume} ({units.format_size(size)}, {replicas} replicas) at {uri}",
-            f"  data and logs:   {data_dir}",
-            f"  replica modes:   metalhorn engine info --control {control}",
-            f"  inspect:         nbdinfo {uri}",
-            "  attach as a block device (root, no kernel nbd module needed):",
-            f"    mkdir -p {mnt} && nbdfuse {mnt} {uri} &",
-            f"    losetup --find --show {mnt}/nbd      # then mkfs.ext4 / mount the printed /dev/loopN",
-            "Stop with Ctrl-C; run the same command again to resume with the data intact.",
+            f"metalhorn is up: {len(nodes)} nodes, API at {url} (docs: {url}/docs)",
+            f"  token file:  {token_file}",
+            f"  data, logs:  {data_dir}  (logs/, nodes/<node>/logs/)",
+            "  in another shell:",
+            f"    export METALHORN_MANAGER={url} METALHORN_TOKEN_FILE={token_file}",
+            "",
+            output.node_table(nodes),
+            "",
+            "Create and attach a replicated volume:",
+            "  metalhorn volume create v1 --size 1G --replicas 3 --wait",
+            "  metalhorn volume attach v1 --wait      # shows its NBD endpoint (and /dev/metalhorn/v1 as root)",
+            "  metalhorn volume get v1                # replicas, their nodes and modes",
+            "  qemu-io -f raw -c 'write -P 0x5a 0 1M' nbd://HOST:PORT/v1",
+            "Stop with Ctrl-C; run the same command again to resume with every volume's data intact.",
         ]
     )
