@@ -18,23 +18,36 @@ def r(address: str, mode: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("current", "desired", "add", "remove"),
+    ("current", "desired", "busy", "add", "remove"),
     [
-        ([r(A, "RW"), r(B, "RW")], [A, B], (), ()),
-        ([r(A, "RW"), r(B, "RW")], [A, B, C], (C,), ()),
-        ([r(A, "RW"), r(B, "ERR"), r(C, "RW")], [A, B, C], (B,), (B,)),
-        ([r(A, "RW"), r(B, "ERR"), r(C, "RW")], [A, C, D], (D,), (B,)),
-        ([r(A, "RW"), r(B, "WO")], [A, B], (), ()),
-        ([r(A, "RW"), r(B, "RW")], [C], (C,), ()),  # never drop the last RW copies for an empty new one
-        ([r(A, "RW"), r(B, "RW")], [], (), ()),
-        ([r("127.0.0.1:7001", "RW")], [A, B], (B,), ()),  # addresses compare normalized
+        ([r(A, "RW"), r(B, "RW")], [A, B], [], (), ()),
+        ([r(A, "RW"), r(B, "RW")], [A, B, C], [], (C,), ()),
+        ([r(A, "RW"), r(B, "RW")], [A, B, C], [C], (), ()),  # already being rebuilt
+        ([r(A, "RW"), r(B, "ERR"), r(C, "RW")], [A, B, C], [], (), ()),  # the engine rebuilds ERR by itself
+        ([r(A, "RW"), r(B, "ERR"), r(C, "RW")], [A, C, D], [], (D,), (B,)),
+        ([r(A, "RW"), r(B, "WO")], [A, B], [], (), ()),
+        ([r(A, "RW"), r(B, "RW")], [C], [], (C,), ()),  # never drop the last RW copies for an empty new one
+        ([r(A, "RW"), r(B, "RW")], [], [], (), ()),
+        ([r("127.0.0.1:7001", "RW")], [A, B], [], (B,), ()),  # addresses compare normalized
     ],
-    ids=["same", "add", "readd-err", "replace-err", "rebuilding", "keep-last-rw", "empty-wish", "normalized"],
+    ids=["same", "add", "add-busy", "err-left-to-engine", "replace-err", "rebuilding", "keep-last-rw", "empty", "norm"],
 )
 def test_replica_changes(
-    current: list[dict[str, str]], desired: list[str], add: tuple[str, ...], remove: tuple[str, ...]
+    current: list[dict[str, str]], desired: list[str], busy: list[str], add: tuple[str, ...], remove: tuple[str, ...]
 ) -> None:
-    assert specs.replica_changes(current, desired) == specs.ReplicaChanges(add=add, remove=remove)
+    assert specs.replica_changes(current, desired, rebuilding=busy) == specs.ReplicaChanges(add=add, remove=remove)
+
+
+def test_rebuild_progress_from_engine_info() -> None:
+    info = {
+        "rebuilds": [
+            {"address": A, "state": "done", "done": 10, "total": 10},
+            {"address": B, "state": "copying", "done": 3, "total": 10},
+        ]
+    }
+    assert specs.rebuild_progress(info) == {"replica": B, "done": 3, "total": 10}
+    assert specs.rebuilding(info) == [B]
+    assert specs.rebuild_progress({}) is None
 
 
 def replica(**spec: object) -> dict[str, object]:

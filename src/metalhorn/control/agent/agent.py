@@ -26,7 +26,6 @@ from metalhorn.storage.engine import control
 
 log = logging.getLogger(__name__)
 
-REBUILD_TIMEOUT = 24 * 3600.0  # add_replica may answer only when the rebuild is done
 FORGET_AFTER = 3  # answers in a row without a known replica before its directory is deleted
 
 
@@ -196,7 +195,7 @@ class Agent:
                     "endpoint": specs.endpoint(spec, volume) if running else "",
                     "block_device": self._block.device(volume) if (self._block and running) else "",
                     "replicas": (view.info.get("replicas") or []) if view and running else [],
-                    "rebuild": view.info.get("rebuild") if view and running else None,
+                    "rebuild": specs.rebuild_progress(view.info) if view and running else None,
                     "error": base["error"] or (view.error if view else ""),
                 }
         for name, message in self._spec_errors.items():
@@ -215,6 +214,11 @@ class Agent:
     def apply(self, answer: Mapping[str, Any]) -> None:
         """Turn the sync answer into the instance wish."""
         settings = self.settings
+        node = answer.get("node")
+        if isinstance(node, Mapping) and isinstance(node.get("spec"), Mapping):
+            disks_spec = node["spec"].get("disks")
+            self._spec_disks = dict(disks_spec) if isinstance(disks_spec, Mapping) else {}
+            self._last_node_refresh = self._clock.monotonic()  # the answer carries the node: no extra GET
         wanted: dict[str, instances.InstanceSpec] = {}
         self._spec_errors = {}
         seen_replicas: set[str] = set()
@@ -304,13 +308,13 @@ class Agent:
         try:
             info = await control.request(socket, {"op": "info"}, timeout=5.0)
             view.info = info
-            changes = specs.replica_changes(info.get("replicas") or [], desired)
+            changes = specs.replica_changes(info.get("replicas") or [], desired, rebuilding=specs.rebuilding(info))
             for address in changes.remove:
                 log.info("removing replica from engine %s", logs.kv(engine=name, replica=address))
                 await control.request(socket, {"op": "rm_replica", "address": address}, timeout=30.0)
             for address in changes.add:
                 log.info("adding replica to engine %s", logs.kv(engine=name, replica=address))
-                await control.request(socket, {"op": "add_replica", "address": address}, timeout=REBUILD_TIMEOUT)
+                await control.request(socket, {"op": "add_replica", "address": address}, timeout=30.0)
             view.error = ""
         except errors.MetalhornError as exc:
             if exc.message != view.error:
@@ -361,8 +365,8 @@ def metrics_text(agent: Agent) -> str:
                 f'metalhorn_replica_mode{{volume="{view.volume}",replica="{replica.get("address")}",'
                 f'mode="{replica.get("mode")}"}} 1'
             )
-        rebuild = view.info.get("rebuild")
-        if isinstance(rebuild, Mapping):
+        rebuild = specs.rebuild_progress(view.info)
+        if rebuild is not None:
             rebuild_lines.append(
                 f'metalhorn_rebuild_done_bytes{{volume="{view.volume}"}} {int(rebuild.get("done") or 0)}'
             )

@@ -153,24 +153,42 @@ class ReplicaChanges:
         return bool(self.add or self.remove)
 
 
-def replica_changes(current: Sequence[Mapping[str, Any]], desired: Sequence[str]) -> ReplicaChanges:
+def replica_changes(
+    current: Sequence[Mapping[str, Any]], desired: Sequence[str], *, rebuilding: Iterable[str] = ()
+) -> ReplicaChanges:
     """Control operations that bring a running engine's replicas (its `info`) to the desired addresses.
 
-    Missing replicas are added (the engine rebuilds them); a desired replica in ERR (it crashed and came back) is
-    removed and added again to rebuild it; replicas no longer desired are removed -- but never the engine's last
-    RW replica while no desired replica is RW, so a bad wish cannot take the volume's data away.
+    Missing replicas are added (the engine rebuilds them; one already being rebuilt counts as present). A
+    desired replica in ERR is left to the engine, which rebuilds it by itself once it answers again. Replicas no
+    longer desired are removed -- but never while no desired replica is RW, so a bad wish cannot take the
+    volume's last good copies away.
     """
     modes = {normalize(str(r.get("address"))): str(r.get("mode")) for r in current if r.get("address")}
+    busy = {normalize(a) for a in rebuilding}
     wanted = [normalize(a) for a in desired]
     if not wanted:
         return ReplicaChanges()
-    add = [a for a in wanted if modes.get(a) in (None, "ERR")]
-    remove = [a for a in wanted if modes.get(a) == "ERR"]
+    add = [a for a in wanted if a not in modes and a not in busy]
     desired_rw = any(modes.get(a) == "RW" for a in wanted)
-    for address, mode in modes.items():
-        if address in wanted:
-            continue
-        if mode == "RW" and not desired_rw:
-            continue
-        remove.append(address)
+    remove = [a for a, mode in modes.items() if a not in wanted and a not in busy and (desired_rw or mode != "RW")]
     return ReplicaChanges(add=tuple(add), remove=tuple(remove))
+
+
+def rebuild_progress(info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The running rebuild of an engine's `info` as the contract's {replica, done, total}, or None."""
+    for item in info.get("rebuilds") or []:
+        if isinstance(item, Mapping) and item.get("state") in ("starting", "copying"):
+            return {
+                "replica": item.get("address"),
+                "done": int(item.get("done") or 0),
+                "total": int(item.get("total") or 0),
+            }
+    return None
+
+
+def rebuilding(info: Mapping[str, Any]) -> list[str]:
+    return [
+        str(item.get("address"))
+        for item in info.get("rebuilds") or []
+        if isinstance(item, Mapping) and item.get("state") in ("starting", "copying") and item.get("address")
+    ]
