@@ -14,10 +14,12 @@ _COMMAND_MODULES = (
     "metalhorn.daemons.up",
     "metalhorn.daemons.replica",
     "metalhorn.daemons.engine",
+    "metalhorn.daemons.bgp",
+    "metalhorn.daemons.snapshot",
     "metalhorn.daemons.agent",
     "metalhorn.control.cli.volume",
     "metalhorn.control.cli.node",
-    "metalhorn.daemons.bgp",
+    "metalhorn.daemons.l2",
 )
 
 
