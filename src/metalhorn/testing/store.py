@@ -3,7 +3,8 @@ every Store backend must pass, so SQLite and memory behave the same."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import json
 from collections.abc import Callable
 
 from metalhorn.common import clock as clock_mod
@@ -12,25 +13,47 @@ from metalhorn.control.store import base
 from metalhorn.control.store import record as record_mod
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+    """A record with spec and status kept as JSON text, so every read hands out fresh copies (as SQLite does)."""
+
+    record: record_mod.Record
+    spec: str
+    status: str
+
+    @classmethod
+    def of(cls, record: record_mod.Record) -> _Stored:
+        return cls(
+            record=record.with_(spec={}, status={}), spec=json.dumps(record.spec), status=json.dumps(record.status)
+        )
+
+    def load(self) -> record_mod.Record:
+        return dataclasses.replace(self.record, spec=json.loads(self.spec), status=json.loads(self.status))
+
+    @property
+    def resource_version(self) -> int:
+        return self.record.resource_version
+
+
 class MemoryStore:
     def __init__(self, *, clock: clock_mod.Clock) -> None:
         self._clock = clock
-        self._records: dict[tuple[str, str], record_mod.Record] = {}
+        self._records: dict[tuple[str, str], _Stored] = {}
         self.writes = 0
 
     def get(self, kind: str, name: str) -> record_mod.Record:
         record_mod.check_key(kind, name)
         try:
-            return self._records[(kind, name)].with_()
+            return self._records[(kind, name)].load()
         except KeyError:
             raise errors.NotFound(f"{kind} {name!r} does not exist") from None
 
     def list(self, kind: str, *, owner_id: str | None = None) -> list[record_mod.Record]:
         record_mod.check_key(kind, "-")
         found = [
-            rec.with_()
-            for (k, _), rec in self._records.items()
-            if k == kind and (owner_id is None or rec.owner_id == owner_id)
+            stored.load()
+            for (k, _), stored in self._records.items()
+            if k == kind and (owner_id is None or stored.record.owner_id == owner_id)
         ]
         return sorted(found, key=lambda rec: rec.name)
 
@@ -40,10 +63,10 @@ class MemoryStore:
         if key in self._records:
             raise errors.AlreadyExists(f"{record.kind} {record.name!r} already exists")
         now = self._clock.wall()
-        stored = record.with_(resource_version=1, created_at=now, updated_at=now)
-        self._records[key] = stored
+        stored = dataclasses.replace(record, resource_version=1, created_at=now, updated_at=now)
+        self._records[key] = _Stored.of(stored)
         self.writes += 1
-        return stored.with_()
+        return self._records[key].load()
 
     def update(self, record: record_mod.Record) -> record_mod.Record:
         record_mod.check_key(record.kind, record.name)
@@ -53,15 +76,15 @@ class MemoryStore:
             raise errors.NotFound(f"{record.kind} {record.name!r} does not exist")
         if current.resource_version != record.resource_version:
             raise errors.Conflict(f"{record.kind} {record.name!r} changed since version {record.resource_version}")
-        stored = record.with_(
-            spec=copy.deepcopy(record.spec),
+        stored = dataclasses.replace(
+            record,
             resource_version=current.resource_version + 1,
-            created_at=current.created_at,
+            created_at=current.record.created_at,
             updated_at=self._clock.wall(),
         )
-        self._records[key] = stored
+        self._records[key] = _Stored.of(stored)
         self.writes += 1
-        return stored.with_()
+        return self._records[key].load()
 
     def delete(self, kind: str, name: str, *, resource_version: int | None = None) -> None:
         record_mod.check_key(kind, name)

@@ -7,8 +7,8 @@ record you read never changes what is stored: write it back with ``store.update(
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import json
 from typing import Any
 
 from metalhorn.common import errors
@@ -31,21 +31,29 @@ class Record:
 
     def with_(self, **changes: Any) -> Record:
         """A copy with some fields replaced (spec/status are deep-copied, so the copy owns them)."""
-        changes.setdefault("spec", copy.deepcopy(self.spec))
-        changes.setdefault("status", copy.deepcopy(self.status))
+        if "spec" not in changes:
+            changes["spec"] = _copy(self.spec)
+        if "status" not in changes:
+            changes["status"] = _copy(self.status)
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> JSON:
         return {
             "kind": self.kind,
             "name": self.name,
-            "spec": copy.deepcopy(self.spec),
-            "status": copy.deepcopy(self.status),
+            "spec": _copy(self.spec),
+            "status": _copy(self.status),
             "owner_id": self.owner_id,
             "resource_version": self.resource_version,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+
+
+def _copy(value: JSON) -> JSON:
+    """A deep copy of a JSON value (json round trip: several times faster than copy.deepcopy)."""
+    copied: JSON = json.loads(json.dumps(value))
+    return copied
 
 
 def check_key(kind: str, name: str) -> None:
