@@ -49,12 +49,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help=f"a replica that does not answer a request in time goes ERR (default {wire_client.DEFAULT_TIMEOUT:g})",
     )
+    serve.add_argument(
+        "--auto-rebuild",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rebuild an ERR replica as soon as its process answers again (default: on)",
+    )
     serve.set_defaults(func=_serve)
 
     info = commands.add_parser("info", help="show the replicas of a running engine and their modes")
     info.add_argument("--control", required=True, help="the engine's control endpoint (its --control)")
     info.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
     info.set_defaults(func=_info)
+
+    from metalhorn.daemons import rebuild as rebuild_cli  # engine add-replica / rm-replica
+
+    rebuild_cli.register(commands)
 
     parser.set_defaults(func=lambda _args: _usage(parser))
 
@@ -76,6 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
         control=addresses.parse_address(args.control, what="--control") if args.control else None,
         replica_timeout=args.replica_timeout,
         frontend=args.frontend,
+        auto_rebuild=args.auto_rebuild,
     )
     return runtime.run(_serve_until_signalled(service.EngineService(settings)))
 
@@ -126,4 +137,7 @@ def render_info(info: dict[str, Any]) -> str:
             f"writes {get('writes', 0)} ({units.format_size(get('write_bytes', 0))})  "
             f"flushes {get('flushes', 0)}  errors {get('errors', 0)}"
         )
+    from metalhorn.daemons import rebuild as rebuild_cli
+
+    lines += [rebuild_cli.render_progress(progress) for progress in info.get("rebuilds") or []]
     return "\n".join(lines)

@@ -9,16 +9,19 @@ another.
 Hot-path notes: no task per request and no asyncio.gather -- a fan-out is N client futures and one counter
 callback that completes a single future the caller awaits. The policy runs only when something failed.
 
-Hooks for rebuild (later): `add_replica()` adds a replica as WO (it gets every write from then on), and
-`set_mode(address, Mode.RW)` promotes it when its data is complete.
+Hooks for rebuild (storage/engine/rebuild.py): `hold_writes()` pauses new modifying requests for a moment (the
+ones already on the wire stay ahead of anything sent meanwhile, as every connection is in order), `attach_replica()`
+adds a replica as WO (it gets every write from then on), `set_mode(address, Mode.RW)` promotes it when its data is
+complete, and `remove_replica()` drops one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from metalhorn.common import errors, logs
@@ -65,6 +68,7 @@ class Engine:
         self._readers: list[tuple[Replica, wire_client.ReplicaClient]] = []  # RW: serve reads
         self._next_reader = 0
         self._closed = False
+        self._gate: asyncio.Future[None] | None = None  # set while hold_writes() pauses modifying requests
         self.counters = Counters()
         for replica in self._replicas:
             if replica.client is not None:
@@ -120,6 +124,12 @@ class Engine:
                 "replica start mode %s",
                 logs.kv(volume=volume, replica=address, mode=mode.value, revision=revision, reason=reason or "-"),
             )
+        for replica in replicas:
+            state = states[replica.address]
+            if replica.client is not None and isinstance(state, policy.ReplicaState) and state.unclean:
+                # Chosen as the reference copy: the replicas rebuilt from it are its equals from now on.
+                with contextlib.suppress(errors.MetalhornError):
+                    await replica.client.control({"op": "sync_trusted"})
         return cls(volume=volume, size=size, replicas=replicas)
 
     # -- BlockDevice ------------------------------------------------------------------------------------------
@@ -158,6 +168,8 @@ class Engine:
         length = len(data)
         if offset < 0 or offset + length > self._size:  # inline: this is the hottest line of the engine
             blockdev.check_range(self._size, offset, length)
+        if self._gate is not None:
+            await self._gated()
         if not self._readers:
             raise self._no_rw()
         clients = self._clients
@@ -179,6 +191,8 @@ class Engine:
         counters.write_bytes += length
 
     async def flush(self) -> None:
+        if self._gate is not None:
+            await self._gated()
         await self._everywhere(_FLUSH)
         self.counters.flushes += 1
 
@@ -201,6 +215,12 @@ class Engine:
         await self._everywhere(_PING)
 
     # -- modes and info -----------------------------------------------------------------------------------------
+
+    def set_size(self, size: int) -> None:
+        """Expansion hook (engine/snapshots.py): called once every replica holds `size` bytes; never shrinks."""
+        if size < self._size:
+            raise errors.InvalidArgument(f"volume {self.volume}: cannot shrink from {self._size} to {size} bytes")
+        self._size = size
 
     @property
     def replicas(self) -> list[Replica]:
@@ -242,6 +262,41 @@ class Engine:
         policy.check_transition(replica.mode, mode)
         self._set_mode(replica, mode, reason)
 
+    def remove_replica(self, address: str) -> None:
+        """Drop a replica from the volume (closing its connection); the last RW replica cannot be removed."""
+        replica = next((r for r in self._replicas if r.address == address), None)
+        if replica is None:
+            raise errors.NotFound(f"replica {address} is not part of volume {self.volume}")
+        if replica.mode is Mode.RW and sum(r.mode is Mode.RW for r in self._replicas) == 1:
+            raise errors.Conflict(f"replica {address} is the last RW replica of volume {self.volume}; add one first")
+        self._replicas.remove(replica)
+        if replica.client is not None:
+            replica.client.on_failure = None
+            replica.client.close()
+            replica.client = None
+        log.info("replica removed %s", logs.kv(volume=self.volume, replica=address, mode=replica.mode.value))
+        self._refresh()
+
+    @contextlib.asynccontextmanager
+    async def hold_writes(self) -> AsyncIterator[None]:
+        """Pause new writes, trims, zeroes and flushes inside the block; they resume in arrival order after it.
+
+        Requests already sent are not waited for: each replica executes its connection in order, so they land
+        before anything the holder sends meanwhile (a snapshot request, say).
+        """
+        while self._gate is not None:
+            await asyncio.shield(self._gate)
+        gate = self._gate = asyncio.get_running_loop().create_future()
+        try:
+            yield
+        finally:
+            self._gate = None
+            gate.set_result(None)
+
+    async def _gated(self) -> None:
+        while self._gate is not None:
+            await asyncio.shield(self._gate)
+
     def close(self) -> None:
         """Close every replica connection; further I/O fails with Unavailable."""
         self._closed = True
@@ -266,6 +321,8 @@ class Engine:
         await fanout.done
 
     async def _ranged(self, kind: codec.FrameType, offset: int, length: int, *, no_hole: bool) -> None:
+        if self._gate is not None:
+            await self._gated()
         if not self._readers:
             raise self._no_rw()
         end = offset + length
@@ -396,6 +453,7 @@ async def _probe(
             revision=int(info["revision"]),
             chain=tuple(str(name) for name in chain if name != head),
             rebuilding=bool(info.get("rebuilding", False)),
+            unclean=bool(info.get("unclean", False)),
         )
     except errors.MetalhornError as exc:
         client.close()

@@ -125,6 +125,10 @@ class ReplicaState:
     revision: int
     chain: tuple[str, ...]  # snapshot chain, newest first, without the head file (head names may differ)
     rebuilding: bool = False
+    # Opened with Dirty=true: its process died while serving, so its head may hold writes of a batch whose revision
+    # never reached the disk (the counter is persisted per batch, before the replies). Unacknowledged writes, but
+    # at an equal revision its data may differ from a peer's.
+    unclean: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +144,10 @@ def at_start(states: Mapping[str, ReplicaState | errors.MetalhornError], *, size
     Every write bumps a replica's revision counter, so the highest revision is the newest data. Replicas at that
     revision must also agree on the snapshot chain; when they disagree the larger group wins (ties: the group of
     the first replica listed). A replica with the wrong size means the command line is wrong: refuse to start.
+
+    Within the winning group only one copy can be trusted blindly if unclean replicas are in it (see
+    ReplicaState.unclean): the clean ones when there are any, else the first unclean one. The others go ERR and
+    are rebuilt from it, so the engine never serves replicas that disagree.
     """
     modes: dict[str, Mode] = {}
     reasons: dict[str, str] = {}
@@ -174,11 +182,16 @@ def at_start(states: Mapping[str, ReplicaState | errors.MetalhornError], *, size
         if state.revision == best:
             groups.setdefault(state.chain, []).append(name)
     chain = max(groups, key=lambda key: len(groups[key]))  # max keeps the first of equal groups
+    winners = groups[chain]
+    clean = [name for name in winners if not healthy[name].unclean]
+    trusted = set(clean) if clean else {winners[0]}
     for name, state in healthy.items():
         if state.revision < best:
             modes[name], reasons[name] = Mode.ERR, f"stale: revision {state.revision} < {best}"
         elif state.chain != chain:
             modes[name], reasons[name] = Mode.ERR, f"chain {list(state.chain)} differs from {list(chain)}"
+        elif name not in trusted:
+            modes[name], reasons[name] = Mode.ERR, "unclean: its process died mid-write; rebuilt from a trusted copy"
         else:
             modes[name], reasons[name] = Mode.RW, ""
     ordered = {name: modes[name] for name in states}

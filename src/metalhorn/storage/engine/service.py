@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from typing import Any
 
 from metalhorn.common import addresses, errors, logs
-from metalhorn.storage.engine import control
+from metalhorn.storage.engine import control, rebuild
 from metalhorn.storage.engine import engine as engine_mod
 from metalhorn.storage.frontend import nbd
 from metalhorn.storage.wire import client as wire_client
@@ -30,6 +31,7 @@ class EngineSettings:
     control: addresses.Address | None = None
     replica_timeout: float = wire_client.DEFAULT_TIMEOUT
     frontend: str = "nbd"
+    auto_rebuild: bool = True  # rebuild an ERR replica as soon as its process answers again
 
     def __post_init__(self) -> None:
         if not self.volume:
@@ -51,15 +53,19 @@ class EngineService:
         self.frontend: nbd.NbdServer | None = None
         self.control: control.ControlServer | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self.rebuilder: rebuild.Rebuilder | None = None
+        self._auto_rebuild: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
         self.engine = await engine_mod.Engine.open(
             volume=settings.volume, size=settings.size, addresses=settings.replicas, timeout=settings.replica_timeout
         )
+        self.rebuilder = rebuild.Rebuilder(self.engine, timeout=settings.replica_timeout)
         try:
             if settings.control is not None:
-                self.control = control.ControlServer({"info": lambda _request: self._info()})
+                rebuilds = {"add_replica": self._add_replica, "rm_replica": self._rm_replica}
+                self.control = control.ControlServer({"info": lambda _request: self._info(), **rebuilds})
                 await self.control.start(str(settings.control))
             self.frontend = nbd.NbdServer(self.engine, export_name=settings.volume, description=settings.volume)
             await self.frontend.start(settings.listen)
@@ -67,12 +73,21 @@ class EngineService:
             await self.stop()
             raise
         self._keepalive = asyncio.create_task(self._keep_alive(), name=f"keepalive-{settings.volume}")
+        if settings.auto_rebuild:
+            self._auto_rebuild = asyncio.create_task(self.rebuilder.auto(), name=f"auto-rebuild-{settings.volume}")
 
     @property
     def listening(self) -> list[str]:
         return [str(address) for address in self.frontend.addresses] if self.frontend else []
 
     async def stop(self, *, grace: float = 10.0) -> None:
+        if self._auto_rebuild is not None:
+            self._auto_rebuild.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._auto_rebuild
+            self._auto_rebuild = None
+        if self.rebuilder is not None:
+            await self.rebuilder.close()
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -102,7 +117,29 @@ class EngineService:
         assert self.engine is not None
         info = self.engine.info()
         info["frontend"] = {"type": self.settings.frontend, "addresses": self.listening}
+        if self.rebuilder is not None:
+            info["rebuilds"] = self.rebuilder.info()
         return info
+
+    def _add_replica(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control op add_replica {"address": ADDR}: start rebuilding it (returns at once; watch info)."""
+        address = request.get("address")
+        if not isinstance(address, str):
+            raise errors.InvalidArgument('add_replica needs a string "address"')
+        addresses.parse_address(address, what="replica address")
+        assert self.rebuilder is not None
+        return self.rebuilder.start(address).as_dict()
+
+    def _rm_replica(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control op rm_replica {"address": ADDR}: drop a replica from the volume."""
+        address = request.get("address")
+        if not isinstance(address, str):
+            raise errors.InvalidArgument('rm_replica needs a string "address"')
+        assert self.engine is not None and self.rebuilder is not None
+        if self.rebuilder.running(address):
+            raise errors.Conflict(f"replica {address} is being rebuilt; wait for the rebuild to end")
+        self.engine.remove_replica(address)
+        return {"removed": address}
 
     async def _keep_alive(self) -> None:
         """Ping every replica now and then, so a replica that hangs while the volume is idle is noticed."""

@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from metalhorn.common import addresses, errors
 from metalhorn.common.logs import kv
+from metalhorn.storage.replica import sync as rebuild_sync
 from metalhorn.storage.replica.store import ReplicaStore
 from metalhorn.storage.wire import codec
 
@@ -38,6 +39,7 @@ _WRITE_ZEROES = codec.FrameType.WRITE_ZEROES
 _FLUSH = codec.FrameType.FLUSH
 _CONTROL = codec.FrameType.CONTROL
 _PING = codec.FrameType.PING
+_FILE_OPS = frozenset((codec.FrameType.FILE_READ, codec.FrameType.FILE_WRITE, codec.FrameType.FILE_CHECKSUM))
 _MODIFYING = frozenset((_WRITE, _UNMAP, _WRITE_ZEROES))
 
 
@@ -46,9 +48,10 @@ class ReplicaServer:
 
     def __init__(self, store: ReplicaStore) -> None:
         self.store = store
+        self.sync = rebuild_sync.ReplicaSync(self)  # sync_* CONTROL ops and FILE_* frames of a rebuild
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
-        self._flushes: set[asyncio.Future[None]] = set()
+        self._flushes: set[asyncio.Future[Any]] = set()  # flushes and FILE_* requests in worker threads
         self._unix_path = ""
         self.address = ""
 
@@ -111,6 +114,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: ReplicaServer) -> None:
         self._server = server
         self._store = server.store
+        self._sync = server.sync
         self._decoder = codec.Decoder()
         self._transport: asyncio.Transport | None = None
         self._version = 0  # 0 until HELLO
@@ -210,12 +214,16 @@ class _Connection(asyncio.Protocol):
             if ftype == _READ:
                 return frame.reply(payload=store.read(frame.offset, frame.length))  # type: ignore[arg-type]
             if ftype == _WRITE:
+                if self._sync.masks is not None:  # rebuilding: note partial-block writes (replica/sync.py)
+                    self._sync.note_write(frame.offset, len(frame.payload))
                 store.write(frame.offset, frame.payload, fua=bool(frame.flags & codec.Flags.FUA))
                 return frame.reply(length=len(frame.payload))
             if ftype == _UNMAP:
                 store.unmap(frame.offset, frame.length)
                 return frame.reply()
             if ftype == _WRITE_ZEROES:
+                if self._sync.masks is not None:
+                    self._sync.note_write(frame.offset, frame.length)
                 store.write_zeroes(frame.offset, frame.length, no_hole=bool(frame.flags & codec.Flags.NO_HOLE))
                 return frame.reply()
             if ftype == _FLUSH:
@@ -226,6 +234,12 @@ class _Connection(asyncio.Protocol):
             if ftype == _CONTROL:
                 result = self._control(frame.payload)
                 return frame.reply(payload=json.dumps(result, separators=(",", ":")).encode())
+            if ftype in _FILE_OPS:
+                done = self._sync.submit(frame)
+                self._server._flushes.add(done)
+                done.add_done_callback(self._server._flushes.discard)
+                done.add_done_callback(lambda fut: self._file_done(frame, fut))
+                return None
             raise errors.InvalidArgument(f"unexpected {ftype.name} frame after HELLO")
         except errors.MetalhornError as exc:
             return codec.error_reply(frame, exc)
@@ -243,6 +257,16 @@ class _Connection(asyncio.Protocol):
             reply = frame.reply()
         self._send([reply])
 
+    def _file_done(self, frame: codec.Frame, future: asyncio.Future[bytes]) -> None:
+        if future.cancelled():
+            reply = codec.error_reply(frame, errors.Unavailable("cancelled: the replica is shutting down"))
+        elif (exc := future.exception()) is not None:
+            error = exc if isinstance(exc, errors.MetalhornError) else errors.Internal(f"{frame.type.name}: {exc!r}")
+            reply = codec.error_reply(frame, error)
+        else:
+            reply = frame.reply(payload=future.result())
+        self._send([reply])
+
     def _control(self, payload: bytes) -> dict[str, Any]:
         try:
             request = json.loads(payload)
@@ -252,12 +276,16 @@ class _Connection(asyncio.Protocol):
             raise errors.InvalidArgument('CONTROL payload must be a JSON object with a string "op"')
         op = request["op"]
         if op == "info":
-            return self._store.info()
+            return {**self._store.info(), "unclean": self._sync.unclean}
+        if op.startswith("sync_"):
+            return self._sync.control(request)
         if op == "snapshot":
             name = request.get("name")
             labels = request.get("labels") or {}
             if not isinstance(name, str):
                 raise errors.InvalidArgument('snapshot needs a string "name"')
+            if self._sync.rebuilding:
+                raise errors.Conflict("replica is being rebuilt; snapshot it after the rebuild (replica/sync.py)")
             if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
                 raise errors.InvalidArgument('snapshot "labels" must map strings to strings')
             created = request.get("created")

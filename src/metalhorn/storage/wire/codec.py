@@ -15,6 +15,7 @@ Header (32 bytes, big-endian)::
 Negotiation: the first frame a client sends is HELLO whose payload lists the versions it speaks (one byte each);
 the server answers HELLO with the chosen version in the header, or error NOT_SUPPORTED and closes.
 CONTROL frames carry JSON ({"op": ...}) for snapshot/info and other rare operations.
+FILE_* frames move one snapshot file of the chain during a rebuild (storage/wire/filesync.py).
 An error reply's payload is a UTF-8 message for humans; programs look only at the code.
 """
 
@@ -44,6 +45,10 @@ class FrameType(enum.IntEnum):
     FLUSH = 6
     CONTROL = 7
     PING = 8
+    # Rebuild (storage/wire/filesync.py has the payload formats): one named file of the chain, not the volume.
+    FILE_READ = 9  # offset/length: a range of the file; payload: file name. Reply: its data extents
+    FILE_WRITE = 10  # offset/length: a range; payload: name + extents. Holes where the extents leave gaps
+    FILE_CHECKSUM = 11  # offset/length: a range; payload: file name. Reply: a digest per 2 MiB block
 
 
 class Flags(enum.IntFlag):
