@@ -9,7 +9,7 @@ import logging
 import signal
 from typing import TYPE_CHECKING, Any
 
-from metalhorn.common import addresses, logs, units
+from metalhorn.common import addresses, errors, logs, units
 from metalhorn.daemons import runtime
 from metalhorn.storage.engine import control
 
@@ -39,8 +39,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="ADDR",
         help="replica server tcp://HOST:PORT, HOST:PORT or unix:PATH (repeat for each replica)",
     )
-    serve.add_argument("--frontend", choices=["nbd"], default="nbd", help="how the volume is exported (nbd)")
-    serve.add_argument("--listen", required=True, help="frontend address HOST:PORT or unix:PATH")
+    serve.add_argument(
+        "--frontend",
+        choices=["nbd", "none"],
+        default="nbd",
+        help="how the volume is exported: nbd, or none for maintenance mode (no I/O; e.g. snapshot revert)",
+    )
+    serve.add_argument("--listen", help="frontend address HOST:PORT or unix:PATH (needed unless --frontend none)")
     serve.add_argument("--control", default=None, help="control endpoint unix:PATH or HOST:PORT (for engine info)")
     serve.add_argument(
         "--replica-timeout",
@@ -62,11 +67,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     info.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
     info.set_defaults(func=_info)
 
+    import metalhorn.daemons.snapshot as snapshot_cli  # `engine expand` lives with the history commands
+
+    snapshot_cli.register_expand(commands)
+
     from metalhorn.daemons import rebuild as rebuild_cli  # engine add-replica / rm-replica
 
     rebuild_cli.register(commands)
 
     parser.set_defaults(func=lambda _args: _usage(parser))
+
+
+def _listen(args: argparse.Namespace) -> addresses.Address:
+    if args.listen:
+        return addresses.parse_address(args.listen, what="--listen")
+    if args.frontend == "none":
+        return addresses.parse_address("127.0.0.1:0", what="--listen")  # not used: no frontend starts
+    raise errors.InvalidArgument("engine serve needs --listen HOST:PORT or unix:PATH for its frontend")
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -82,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
         volume=args.volume,
         size=units.parse_size(args.size),
         replicas=tuple(args.replicas),
-        listen=addresses.parse_address(args.listen, what="--listen"),
+        listen=_listen(args),
         control=addresses.parse_address(args.control, what="--control") if args.control else None,
         replica_timeout=args.replica_timeout,
         frontend=args.frontend,

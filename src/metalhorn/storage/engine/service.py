@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from metalhorn.common import addresses, errors, logs
-from metalhorn.storage.engine import control, rebuild
+from metalhorn.storage.engine import control, rebuild, snapshots
 from metalhorn.storage.engine import engine as engine_mod
 from metalhorn.storage.frontend import nbd
 from metalhorn.storage.wire import client as wire_client
@@ -36,8 +36,8 @@ class EngineSettings:
     def __post_init__(self) -> None:
         if not self.volume:
             raise errors.InvalidArgument("the volume name must not be empty")
-        if self.frontend != "nbd":
-            raise errors.NotSupported(f"frontend {self.frontend!r} is not supported; use nbd")
+        if self.frontend not in ("nbd", "none"):  # none: maintenance mode (e.g. for snapshot revert)
+            raise errors.NotSupported(f"frontend {self.frontend!r} is not supported; use nbd or none")
         if not self.replicas:
             raise errors.InvalidArgument("give at least one --replica")
         if self.replica_timeout <= 0:
@@ -64,11 +64,15 @@ class EngineService:
         self.rebuilder = rebuild.Rebuilder(self.engine, timeout=settings.replica_timeout)
         try:
             if settings.control is not None:
+                history = snapshots.History(self.engine, frontend_up=lambda: self.frontend is not None)
                 rebuilds = {"add_replica": self._add_replica, "rm_replica": self._rm_replica}
-                self.control = control.ControlServer({"info": lambda _request: self._info(), **rebuilds})
+                self.control = control.ControlServer(
+                    {"info": lambda _request: self._info(), **history.handlers(), **rebuilds}
+                )
                 await self.control.start(str(settings.control))
-            self.frontend = nbd.NbdServer(self.engine, export_name=settings.volume, description=settings.volume)
-            await self.frontend.start(settings.listen)
+            if settings.frontend != "none":
+                self.frontend = nbd.NbdServer(self.engine, export_name=settings.volume, description=settings.volume)
+                await self.frontend.start(settings.listen)
         except BaseException:
             await self.stop()
             raise

@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from metalhorn.common import addresses, errors
 from metalhorn.common.logs import kv
+from metalhorn.storage.replica import snapshots as history
 from metalhorn.storage.replica import sync as rebuild_sync
 from metalhorn.storage.replica.store import ReplicaStore
 from metalhorn.storage.wire import codec
@@ -48,10 +49,11 @@ class ReplicaServer:
 
     def __init__(self, store: ReplicaStore) -> None:
         self.store = store
+        self.history = history.ReplicaHistory(store)  # snap.* CONTROL ops
         self.sync = rebuild_sync.ReplicaSync(self)  # sync_* CONTROL ops and FILE_* frames of a rebuild
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
-        self._flushes: set[asyncio.Future[Any]] = set()  # flushes and FILE_* requests in worker threads
+        self._flushes: set[asyncio.Future[Any]] = set()  # flushes, FILE_* requests and history ops in threads
         self._unix_path = ""
         self.address = ""
 
@@ -233,6 +235,11 @@ class _Connection(asyncio.Protocol):
                 return frame.reply()
             if ftype == _CONTROL:
                 result = self._control(frame.payload)
+                if isinstance(result, asyncio.Future):  # slow history op running in a worker thread
+                    self._server._flushes.add(result)
+                    result.add_done_callback(self._server._flushes.discard)
+                    result.add_done_callback(lambda fut: self._controlled(frame, fut))
+                    return None
                 return frame.reply(payload=json.dumps(result, separators=(",", ":")).encode())
             if ftype in _FILE_OPS:
                 done = self._sync.submit(frame)
@@ -267,7 +274,17 @@ class _Connection(asyncio.Protocol):
             reply = frame.reply(payload=future.result())
         self._send([reply])
 
-    def _control(self, payload: bytes) -> dict[str, Any]:
+    def _controlled(self, frame: codec.Frame, future: asyncio.Future[dict[str, Any]]) -> None:
+        if future.cancelled():
+            reply = codec.error_reply(frame, errors.Unavailable("cancelled: the replica is shutting down"))
+        elif (exc := future.exception()) is not None:
+            error = exc if isinstance(exc, errors.MetalhornError) else errors.Internal(f"control op failed: {exc!r}")
+            reply = codec.error_reply(frame, error)
+        else:
+            reply = frame.reply(payload=json.dumps(future.result(), separators=(",", ":")).encode())
+        self._send([reply])
+
+    def _control(self, payload: bytes) -> dict[str, Any] | asyncio.Future[dict[str, Any]]:
         try:
             request = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
@@ -296,6 +313,8 @@ class _Connection(asyncio.Protocol):
                 created=created if isinstance(created, str) else None,
             )
             return {"snapshot": snap, "head": self._store.head, "chain": self._store.chain}
+        if op.startswith(history.OP_PREFIX):
+            return self._server.history.handle(request)
         raise errors.NotSupported(f"unknown CONTROL op {op!r}")
 
     # -- output -----------------------------------------------------------------------------------------------

@@ -239,6 +239,29 @@ class ReplicaStore:
         """Files of the live chain, oldest first, head last."""
         return list(self._chain)
 
+    # -- hooks for history operations (replica/snapshots.py) ----------------------------------------------------
+
+    @property
+    def volume(self) -> meta.VolumeMeta:
+        return self._volume
+
+    @property
+    def disks(self) -> dict[str, meta.DiskMeta]:
+        """Metadata of every disk in the directory, also snapshots outside the live chain (a reverted branch)."""
+        return dict(self._disks)
+
+    @property
+    def head_fd(self) -> int:
+        return self._fds[-1]
+
+    def head_runs(self, first: int, count: int) -> list[tuple[int, int, bool]]:
+        """Runs [(first_block, count, head_holds_it)] over blocks [first, first+count)."""
+        return [(f, n, source == extents.HEAD) for f, n, source in self._map.runs(first, count)]
+
+    def mark_head(self, first: int, count: int) -> None:
+        """Record that the head file now holds these blocks (after a copy into it)."""
+        self._map.mark_head(first, count)
+
     # -- data path ----------------------------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes | bytearray:
@@ -480,6 +503,29 @@ class ReplicaStore:
         for offset in range(0, self.size, CHECKSUM_CHUNK):
             digest.update(self.read(offset, min(CHECKSUM_CHUNK, self.size - offset)))
         return digest.hexdigest()
+
+    def reload_chain(self) -> None:
+        """Hook for history operations (replica/snapshots.py): re-read metadata and extents after they changed files.
+
+        Synchronous, so no request runs in between. Files that stay in the chain keep their descriptor (a FLUSH
+        in a worker thread may be using the head's); only descriptors of files that left the chain are closed.
+        """
+        self._check_writable()
+        self.persist_revision()
+        fresh = ReplicaStore._load(self._dir, size=None, readonly=False, lock_fd=-1)
+        old = dict(zip(self._chain, self._fds, strict=True))
+        fds = []
+        for name, fd in zip(fresh._chain, fresh._fds, strict=True):
+            kept = old.pop(name, None)
+            if kept is None:
+                fds.append(fd)
+            else:
+                os.close(fd)
+                fds.append(kept)
+        for fd in (*old.values(), fresh._revision_fd):
+            os.close(fd)
+        self._volume, self._disks, self._chain = fresh._volume, fresh._disks, fresh._chain
+        self._fds, self._map = fds, fresh._map
 
     def close(self) -> None:
         """Flush, mark the replica clean (Dirty=false) and release the files. Idempotent."""
