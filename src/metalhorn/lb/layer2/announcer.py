@@ -158,6 +158,10 @@ class Announcer:
         if not up:
             if since is not None or not known:
                 log.warning("link down %s", kv(node=self.node.name, interface=interface))
+                # A packet socket does not reliably hear frames again after its link bounced: open a new one.
+                r = self._responders.pop(interface, None)
+                if r is not None:
+                    r.close()
             self._link_up_since[interface] = None
             return False
         if not known:
