@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import typing
 from collections.abc import Iterable
 
 from metalhorn.common import clock as mh_clock
@@ -121,15 +122,16 @@ def _family(address: IPAddress) -> socket.AddressFamily:
 class Connection(asyncio.Protocol):
     """One TCP connection; feeds its owner session. Created unowned by a listener, owned after ``accept``."""
 
-    def __init__(self, owner: Session | None = None) -> None:
-        self.owner = owner
+    def __init__(self) -> None:
+        self.owner: Session | None = None
+        self._early: list[bytes] = []  # bytes that arrived before a session owned the connection
+        self._lost = False
         self.transport: asyncio.Transport | None = None
         self.framer = header.Framer()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -138,12 +140,24 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.owner is not None:
             self.owner._on_data(self, data)
+        elif not self._lost:
+            self._early.append(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         if not self.closed.done():
             self.closed.set_result(None)
         if self.owner is not None:
             self.owner._on_lost(self)
+
+    def attach(self, owner: Session) -> None:
+        """Hand the connection to its session (after the FSM saw it come up): replay what came early."""
+        self.owner = owner
+        early, self._early = self._early, []
+        if early:
+            owner._on_data(self, b"".join(early))
+        if self._lost and self.owner is owner:
+            owner._on_lost(self)
 
     def peer_address(self) -> IPAddress | None:
         if self.transport is None:
@@ -263,9 +277,9 @@ class Session:
         if state is _S.IDLE:
             self._restart_at = None
             self._handle(_E.AUTOMATIC_START, initiate=False)
-        conn.owner = self
         self._conn = conn
         self._handle(_E.TCP_CONNECTION_CONFIRMED)
+        conn.attach(self)
         return True
 
     def poll_timers(self) -> None:
@@ -422,9 +436,9 @@ class Session:
             conn.close()
             return
         self._connect_task = None
-        conn.owner = self
         self._conn = conn
         self._handle(_E.TCP_CR_ACKED)
+        conn.attach(self)
 
     # -- receiving -------------------------------------------------------------------------------------------
 
