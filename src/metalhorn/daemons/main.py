@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "metalhorn.daemons.engine",
     "metalhorn.daemons.bgp",
     "metalhorn.daemons.snapshot",
+    "metalhorn.daemons.manager",
     "metalhorn.daemons.agent",
     "metalhorn.control.cli.volume",
     "metalhorn.control.cli.node",
