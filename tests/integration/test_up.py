@@ -1,75 +1,42 @@
-"""The README's main command, tried as a new user would: start, attach, write, Ctrl-C, start again, read."""
+"""The README's main command, tried as a new user would: up, create, attach, write, Ctrl-C, up again, read."""
 
 from __future__ import annotations
 
-import os
 import pathlib
-import signal
-import subprocess
 
-from tests.integration import harness
+from tests.integration import cluster as cluster_mod
 
 
-def start_up(data_dir: pathlib.Path, port: int, log: pathlib.Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [*harness.METALHORN, "up", "--data-dir", str(data_dir), "--size", "64M", "--listen", f"127.0.0.1:{port}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    harness.wait_until(
-        lambda: "metalhorn is up" in log.read_text() or proc.poll() is not None, timeout=60, what="metalhorn up"
-    )
-    assert proc.poll() is None, log.read_text()
-    return proc
+def endpoint(volume: dict[str, object]) -> str:
+    status = volume["status"]
+    assert isinstance(status, dict)
+    return str(status["endpoint"])
 
 
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    os.kill(proc.pid, signal.SIGINT)
+def test_up_resumes_with_every_volume_and_its_data(tmp_path: pathlib.Path) -> None:
+    cluster = cluster_mod.Cluster(data_dir=tmp_path / "data", nodes=3, extra=("--block-devices", "off"))
     try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        banner = cluster.start()
+        assert cluster.url in banner and "token" in banner and "metalhorn volume create" in banner
+        cluster.cli("volume", "create", "keep", "--size", "64M", "--replicas", "2", "--wait", "--timeout", "120")
+        cluster.cli("volume", "attach", "keep", "--wait", "--timeout", "120")
+        uri = endpoint(cluster.volume("keep"))
+        cluster_mod.qemu_io(uri, "write -P 0x5a 1M 128k", "flush")
+        assert cluster.stop() == 0, cluster.logs()
+        assert not [pid for pid in cluster.instance_pids() if "metalhorn" in cluster_mod.cmdline(pid)]
+
+        cluster.start()
+        volume = cluster.wait_volume(
+            "keep",
+            lambda v: v["status"].get("state") == "attached" and len(cluster_mod.healthy_replicas(v)) == 2,
+            timeout=120,
+            what="the volume to be attached again with both replicas",
+        )
+        assert endpoint(volume) == uri  # same ports after a restart
+        cluster_mod.qemu_io(uri, "read -P 0x5a 1M 128k", "read -P 0 0 1M")
+        assert cluster.stop() == 0, cluster.logs()
+    except BaseException:
+        print(cluster.logs())
         raise
-
-
-def test_up_serves_a_volume_and_resumes_with_data(tmp_path: pathlib.Path) -> None:
-    port = harness.free_port()
-    uri = f"nbd://127.0.0.1:{port}/vol1"
-    log = tmp_path / "up.log"
-    proc = start_up(tmp_path / "data", port, log)
-    try:
-        assert uri in log.read_text()
-        subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 128k", uri], check=True, timeout=60)
-        info = subprocess.run(
-            [
-                *harness.METALHORN,
-                "engine",
-                "info",
-                "--control",
-                f"unix:{tmp_path / 'data' / 'run' / 'engine.sock'}",
-                "-o",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
-        assert info.stdout.count('"RW"') == 3
     finally:
-        assert stop(proc) == 0, log.read_text()
-    log = tmp_path / "up-again.log"
-    proc = start_up(tmp_path / "data", port, log)
-    try:
-        out = subprocess.run(
-            ["qemu-io", "-f", "raw", "-c", "read -P 0x5a 1M 128k", "-c", "read -P 0 0 1M", uri],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        assert "Pattern verification failed" not in out.stdout + out.stderr
-    finally:
-        assert stop(proc) == 0, log.read_text()
+        cluster.kill_all()
