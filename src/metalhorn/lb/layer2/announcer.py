@@ -64,6 +64,8 @@ class Announcer:
         self._responders: dict[str, responder_mod.Responder] = {}
         self._link_up_since: dict[str, float | None] = {}
         self._assignments: dict[IPAddress, election.Assignment] = {}
+        self._version = 0  # bumped by every desired-state change; the election reruns only when inputs change
+        self._elected: tuple[int, frozenset[str]] | None = None
 
     # -- desired state ----------------------------------------------------------------------------------------
 
@@ -83,12 +85,14 @@ class Announcer:
         else:
             advs = {ip: tuple(advertisements) for ip in ip_list}
         self._balancers[name] = _Wanted(ip_list, advs)
+        self._version += 1
         if self.delivery is not None:
             self.delivery.set_balancer(name, ip_list, ports, endpoints)
         self.reconcile()
 
     def remove_balancer(self, name: str) -> None:
         if self._balancers.pop(name, None) is not None:
+            self._version += 1
             if self.delivery is not None:
                 self.delivery.remove_balancer(name)
             self.reconcile()
@@ -97,6 +101,7 @@ class Announcer:
         """The candidate nodes (this one is always included).  Health comes from membership."""
         self._nodes = {n.name: n for n in nodes}
         self._nodes[self.node.name] = self.node
+        self._version += 1
         self.reconcile()
 
     def on_membership(self, healthy: frozenset[str], *, ready: bool = True) -> None:
@@ -129,13 +134,15 @@ class Announcer:
     def reconcile(self) -> None:
         now = self.clock.monotonic()
         usable = {i for i in self.node.interfaces if self._interface_usable(i, now)}
-        advs: dict[IPAddress, tuple[config.L2Advertisement, ...]] = {}
-        for wanted in self._balancers.values():
-            for ip, a in wanted.advertisements.items():
-                advs[ip] = advs.get(ip, ()) + a
-        self._assignments = election.assign(
-            advs, nodes=self._nodes.values(), healthy=self._healthy, advertisements_for=advs
-        )
+        if self._elected != (self._version, self._healthy):
+            advs: dict[IPAddress, tuple[config.L2Advertisement, ...]] = {}
+            for wanted in self._balancers.values():
+                for ip, a in wanted.advertisements.items():
+                    advs[ip] = advs.get(ip, ()) + a
+            self._assignments = election.assign(
+                advs, nodes=self._nodes.values(), healthy=self._healthy, advertisements_for=advs
+            )
+            self._elected = (self._version, self._healthy)
         mine = election.owned_by(self._assignments, self.node.name) if self._ready else {}
         per_interface: dict[str, set[IPAddress]] = {i: set() for i in self.node.interfaces}
         for ip, interfaces in mine.items():
@@ -167,7 +174,7 @@ class Announcer:
         if not known:
             since = float("-inf")  # up at start: membership's warm-up already holds us back
         elif since is None:
-            log.info("link up %s", kv(node=self.node.name, interface=interface, holdoff=self.holdoff))
+            log.info("link up %s", kv(node=self.node.name, interface=interface, holdoff=f"{self.holdoff:g}s"))
             since = now
         self._link_up_since[interface] = since
         return now - since >= self.holdoff
