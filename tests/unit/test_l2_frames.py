@@ -235,3 +235,17 @@ def test_fuzz_decode_raises_only_protocol_error(noise: bytes, base: bytes) -> No
         except errors.ProtocolError:
             continue
         frames.reply_to(frame, mac=MAC, owned={VIP4, VIP6})
+
+
+def test_codec_and_election_are_pure() -> None:
+    """STYLE.md: pure modules import no I/O (the shared layering test lists election.py; frames.py is added here)."""
+    import ast
+
+    from metalhorn.lb import election
+
+    io = {"asyncio", "socket", "os", "subprocess", "select", "selectors", "threading", "uvloop", "fcntl", "ctypes"}
+    for module in (frames, election):
+        tree = ast.parse(pathlib.Path(str(module.__file__)).read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {n.split(".")[0] for n in names} & io, module.__name__
