@@ -50,6 +50,11 @@ class Child:
     restarts: int = 0
 
     def start(self, *, timeout: float = 30.0) -> None:
+        self.spawn()
+        self.wait_ready(timeout=timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (start several, then wait_ready each: they boot in parallel)."""
         if self.ready_address.is_unix:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.ready_address.path)
@@ -58,6 +63,9 @@ class Child:
                 self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
         log.info("started %s", kv(child=self.name, pid=self.popen.pid, log=self.log_path))
+
+    def wait_ready(self, *, timeout: float = 30.0) -> None:
+        assert self.popen is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:

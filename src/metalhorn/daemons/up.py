@@ -158,9 +158,15 @@ def run(args: argparse.Namespace) -> int:
         target = client_mod.Target(url=url, token=client_mod.read_token(token_file), token_source=str(token_file))
         with client_mod.Client(target) as api:
             _apply_settings(api, args)
-            for index in range(1, plan["nodes"] + 1):
-                name = f"node-{index}"
-                sup.start(_agent(name, data_dir, args, url=url, token_file=token_file, port=plan["agent_ports"][name]))
+            agents = [
+                _agent(name, data_dir, args, url=url, token_file=token_file, port=plan["agent_ports"][name])
+                for name in (f"node-{index}" for index in range(1, plan["nodes"] + 1))
+            ]
+            for child in agents:  # all at once: they boot in parallel
+                sup.children.append(child)
+                child.spawn()
+            for child in agents:
+                child.wait_ready(timeout=60.0)
             nodes = _wait_ready(api, plan["nodes"], sup)
     except BaseException:
         sup.stop_all()

@@ -49,9 +49,16 @@ def progress_bar(done: int, total: int, *, width: int = 30) -> str:
 
 
 def _size(value: object) -> str:
+    """Exact when round (1GiB), else one decimal (252.0GiB): tables are read, not parsed."""
     if value is None:
         return ""
-    return units.format_size(value) if isinstance(value, int) and value > 0 else str(value)
+    if not isinstance(value, int) or value <= 0:
+        return str(value)
+    exact = units.format_size(value)
+    for suffix, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= factor:
+            return exact if exact.endswith(suffix) else f"{value / factor:.1f}{suffix}"
+    return exact
 
 
 def _get(record: Mapping[str, Any], *path: str) -> Any:
