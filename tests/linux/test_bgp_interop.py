@@ -51,7 +51,7 @@ def converge(lab: bgplab.Lab) -> None:
         if not lab.speaker_running(node):
             lab.start_speaker(node)
     want = {node_v4(n) for n in SPEAKERS}
-    bgplab.wait_for(lambda: want <= lab.established(), timeout=30, what="three Established sessions")
+    bgplab.wait_for(lambda: want <= lab.established(), timeout=60, what="three Established sessions")
     for prefix in PREFIXES:
         bgplab.wait_for(
             lambda p=prefix: {path["next_hop"] for path in lab.rib(p)} == _hops(p),  # type: ignore[misc]
