@@ -214,3 +214,13 @@ def test_disk_scheduled_bytes_follow_the_replicas() -> None:
     cluster.step(2)
     for name in ("n1", "n2", "n3"):
         assert cluster.store.get("node", name).status["disks"][f"/data/{name}"]["scheduled"] == 3 * GiB
+
+
+def test_expanding_a_detached_volume_resizes_its_replicas() -> None:
+    cluster = Cluster()
+    cluster.step()
+    cluster.create_volume("v1", size=GiB)
+    cluster.step(3)
+    cluster.set_spec("v1", size=2 * GiB)
+    cluster.step()
+    assert {r.spec["size"] for r in cluster.replicas()} == {2 * GiB}

@@ -117,6 +117,7 @@ class _Pass:
                     self.modes[_normal(str(item["address"]))] = (str(item.get("mode", "")), str(item.get("reason", "")))
 
     def run(self) -> reconcile.Result:
+        self.propagate_size()
         self.mark_failures()
         self.schedule()
         self.converge_engine()
@@ -127,6 +128,18 @@ class _Pass:
 
     def _want_retry(self, delay: float) -> None:
         self.retry = delay if self.retry is None else min(self.retry, delay)
+
+    def propagate_size(self) -> None:
+        """An expanded volume (the API allows it only while detached) gives its replicas the new size; the
+        agent restarts each replica process with it."""
+        if self.engine is not None:
+            return
+        updated = []
+        for replica in self.replicas:
+            if replica.spec.get("size") != self.size:
+                replica = self.store.update(replica.with_(spec={**replica.spec, "size": self.size}))  # noqa: PLW2901
+            updated.append(replica)
+        self.replicas = updated
 
     # -- 1. failures ----------------------------------------------------------------------------------------------
     def failure(self, replica: record_mod.Record) -> str | None:
