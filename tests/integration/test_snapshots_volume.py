@@ -192,6 +192,10 @@ def test_verify_finds_a_replica_file_changed_with_dd(volume: harness.LocalVolume
     assert result["set_err"] == [address]
     assert "block" in result["corrupt"][address]
     qemu_io(volume.uri, "read -P 0x42 0 3M")  # the volume keeps serving good data
+    # ... and the replica is rebuilt from a healthy one, after which verify finds nothing
+    harness.wait_until(lambda: volume.replica_modes() == ["RW", "RW", "RW"], timeout=60, what="rebuild after verify")
+    again = mh("snapshot", "verify", volume.name, "--control", volume.control, "-o", "json")
+    assert json.loads(again.stdout)["corrupt"] == {}
 
 
 def test_expand_online_and_refuse_shrink(volume: harness.LocalVolume) -> None:

@@ -64,7 +64,9 @@ class EngineService:
         self.rebuilder = rebuild.Rebuilder(self.engine, timeout=settings.replica_timeout)
         try:
             if settings.control is not None:
-                history = snapshots.History(self.engine, frontend_up=lambda: self.frontend is not None)
+                history = snapshots.History(
+                    self.engine, frontend_up=lambda: self.frontend is not None, on_corrupt=self._rebuild_corrupt
+                )
                 rebuilds = {"add_replica": self._add_replica, "rm_replica": self._rm_replica}
                 self.control = control.ControlServer(
                     {"info": lambda _request: self._info(), **history.handlers(), **rebuilds}
@@ -124,6 +126,12 @@ class EngineService:
         if self.rebuilder is not None:
             info["rebuilds"] = self.rebuilder.info()
         return info
+
+    def _rebuild_corrupt(self, address: str) -> None:
+        """`snapshot verify` set `address` ERR: rebuild it from a healthy replica (unless one is under way)."""
+        assert self.rebuilder is not None
+        with contextlib.suppress(errors.AlreadyExists):
+            self.rebuilder.start(address)
 
     def _add_replica(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control op add_replica {"address": ADDR}: start rebuilding it (returns at once; watch info)."""

@@ -194,15 +194,20 @@ class History:
             snap, child = plan.get("snapshot"), plan.get("child", "")
             if not snap:
                 return purged
-            start = 0
-            for _step in range(MAX_FOLD_STEPS):
-                step = await self._client(replica).control(
-                    {"op": "snap.fold", "snapshot": snap, "child": child, "start": start, "budget": FOLD_BUDGET}
-                )
-                start = int(step.get("next", -1))
-                if start < 0:
-                    break
-            await self._client(replica).control({"op": "snap.fold_commit", "snapshot": snap, "child": child})
+            try:
+                start = 0
+                for _step in range(MAX_FOLD_STEPS):
+                    step = await self._client(replica).control(
+                        {"op": "snap.fold", "snapshot": snap, "child": child, "start": start, "budget": FOLD_BUDGET}
+                    )
+                    start = int(step.get("next", -1))
+                    if start < 0:
+                        break
+                await self._client(replica).control({"op": "snap.fold_commit", "snapshot": snap, "child": child})
+            except errors.Conflict:
+                # The chain changed under us (a rebuild's system snapshot made the head a snapshot): plan again.
+                # What was copied so far reads the same, so nothing is lost by starting this fold over.
+                continue
             purged.append(str(snap))
         raise errors.Internal(f"replica {replica.address}: purge did not converge")
 
