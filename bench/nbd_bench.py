@@ -555,10 +555,36 @@ def render_markdown(report: dict[str, Any], table: str) -> str:
             "",
             table,
             "",
-            f"Raw fio JSON: `bench/results/{report['stem']}.json`.",
+            f"Raw fio JSON, CPU seconds per process and the engine profile: `bench/results/{report['stem']}.json`"
+            f" and `.md`.{_earlier_runs(report['stem'])}",
             "",
         ]
     )
+
+
+def _earlier_runs(stem: str) -> str:
+    earlier = sorted(p.stem for p in RESULTS.glob("nbd_bench-*.json") if p.stem < stem)
+    return (" Earlier runs: " + ", ".join(f"`{name}`" for name in earlier) + ".") if earlier else ""
+
+
+def write_markdown(report: dict[str, Any], table: str) -> None:
+    """bench/results/<stem>.md (table, CPU per process, profile) and the section of BENCHMARKS.md."""
+    section = render_markdown(report, table)
+    md = section + "\n" + render_cpu(report)
+    if "profile" in report:
+        md += "\n### Engine profile\n\n```\n" + report["profile"] + "\n```\n"
+    (RESULTS / f"{report['stem']}.md").write_text(md)
+    update_benchmarks_md(section)
+    print(f"wrote {RESULTS / report['stem']}.json, .md and updated {BENCHMARKS_MD.name}", flush=True)
+
+
+def rerender(path: Path) -> int:
+    """Rebuild the .md and the BENCHMARKS.md section from a saved result JSON (no benchmark is run)."""
+    report = json.loads(path.read_text())
+    targets = [t for t in TARGETS if t.key in report["options"]["targets"]]
+    table, _ = summarise(report["rounds"], targets)
+    write_markdown(report, table)
+    return 0
 
 
 def update_benchmarks_md(section: str) -> None:
@@ -617,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run metalhorn from this git revision's src/ (exported to the work dir) instead of the working tree",
     )
+    parser.add_argument("--render", type=Path, default=None, help="only rebuild the markdown from a result JSON")
     parser.add_argument("--python", default=None, help="python for the profiled engine (default: metalhorn's venv)")
     parser.add_argument("--engine-arg", action="append", default=[], help="extra argument for engine serve")
     parser.add_argument("--replica-arg", action="append", default=[], help="extra argument for replica serve")
@@ -638,6 +665,8 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.render:
+        return rerender(args.render)
     wanted = [k.strip() for k in args.targets.split(",") if k.strip()]
     unknown = set(wanted) - {t.key for t in TARGETS}
     if unknown or not wanted:
@@ -740,13 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         if record:
             RESULTS.mkdir(parents=True, exist_ok=True)
             (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-            section = render_markdown(report, table)
-            md = section + "\n" + render_cpu(report)
-            if "profile" in report:
-                md += "\n### Engine profile\n\n```\n" + report["profile"] + "\n```\n"
-            (RESULTS / f"{stem}.md").write_text(md)
-            update_benchmarks_md(section)
-            print(f"wrote {RESULTS / stem}.json, .md and updated {BENCHMARKS_MD.name}", flush=True)
+            write_markdown(report, table)
     except KeyboardInterrupt:
         print("\nnbd_bench: interrupted; stopping everything", file=sys.stderr)
         return 130
