@@ -76,7 +76,7 @@ def test_restart_with_a_stale_replica_keeps_it_out(volume: harness.LocalVolume) 
     volume.stop()
     for index in range(3):
         volume.start_replica(index)
-    volume.start_engine()
+    volume.start_engine(("--no-auto-rebuild",))  # keep it out: this test is about the start-up choice
     info = json.loads(engine_info(volume, "-o", "json").stdout)
     assert [r["mode"] for r in info["replicas"]] == ["RW", "RW", "ERR"]
     assert info["replicas"][2]["reason"].startswith("stale: revision")

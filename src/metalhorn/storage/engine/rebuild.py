@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 COPY_RANGE = 4 << 20  # bytes per FILE_READ/FILE_WRITE
 IN_FLIGHT = 4  # ranges being copied at once
-CHECK_WINDOW = 256 << 20  # bytes of a file per FILE_CHECKSUM request (128 digests)
+CHECK_WINDOW = 32 << 20  # bytes of a file per FILE_CHECKSUM request (16 digests; the codec caps lengths)
 BULK_TIMEOUT = 60.0  # per request on the rebuild's own connections (they carry 4 MiB frames and checksum work)
 SYSTEM_LABEL = "metalhorn.io/system-snapshot"
 
@@ -126,7 +126,7 @@ class Rebuilder:
             with contextlib.suppress(asyncio.CancelledError, errors.MetalhornError):
                 await task
 
-    async def auto(self, *, interval: float = 2.0, max_backoff: float = 30.0) -> None:
+    async def auto(self, *, interval: float = 2.0, max_backoff: float = 300.0) -> None:
         """Forever: rebuild an ERR replica as soon as its process answers again (backing off after failures)."""
         retry_at: dict[str, float] = {}
         failures: dict[str, int] = {}

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RANGE = 32 << 20  # largest FILE_READ/FILE_WRITE range
-MAX_CHECKSUM_RANGE = 1 << 30  # FILE_CHECKSUM: 512 digests per request at most
+MAX_CHECKSUM_RANGE = codec.MAX_LENGTH  # FILE_CHECKSUM: 16 digests per request at most
 
 _ONES = b"\x01" * BLOCK_SIZE
 
