@@ -132,6 +132,7 @@ def test_purge_under_fio_verify_loses_nothing(volume: harness.LocalVolume) -> No
             "--verify_fatal=1",
             "--do_verify=1",
             "--randrepeat=0",
+            "--verify_state_save=0",  # no local-*-verify.state file in the working directory
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
