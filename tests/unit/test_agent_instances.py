@@ -203,6 +203,21 @@ async def test_stop_all_ends_everything(env) -> None:  # type: ignore[no-untyped
     assert all(p.signals == [signal.SIGTERM] for _s, p in launcher.launched)
 
 
+async def test_engines_stop_before_replicas(env) -> None:  # type: ignore[no-untyped-def]
+    manager, launcher, _clock, _records = env
+    launcher.exit_on_term = False
+    engine = dataclasses.replace(spec("e1", port=7100), kind="engine")
+    manager.set_desired({"r1": spec(), "e1": engine})
+    await manager.step()
+    replica_process, engine_process = launcher.launched[0][1], launcher.launched[1][1]
+    manager.stop_all()
+    await manager.step()
+    assert engine_process.signals == [signal.SIGTERM] and replica_process.signals == []
+    engine_process.code = 0
+    await manager.step()
+    assert replica_process.signals == [signal.SIGTERM]
+
+
 def test_backoff_is_capped() -> None:
     policy = instances.RestartPolicy(backoff_initial=0.5, backoff_max=10)
     assert [policy.backoff(n) for n in range(7)] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0]

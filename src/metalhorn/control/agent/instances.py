@@ -161,12 +161,19 @@ class InstanceManager:
     # -- convergence ----------------------------------------------------------------------------------------------
     async def step(self) -> None:
         now = self._clock.monotonic()
+        for name, instance in self._instances.items():
+            self._reap(name, instance, now)
+        # Engines stop before replicas: an engine flushes to its replicas on SIGTERM, so they must still serve.
+        engines_leaving = any(
+            inst.process is not None and inst.spec.kind == "engine" and not self._wanted(name, inst)
+            for name, inst in self._instances.items()
+        )
         for name in list(self._instances):
             instance = self._instances[name]
-            self._reap(name, instance, now)
-            wanted = name in self._desired and instance.spec.run
+            wanted = self._wanted(name, instance)
             if instance.process is not None and (not wanted or instance.replace):
-                self._stop(name, instance, now)
+                if not (engines_leaving and instance.spec.kind == "replica" and not instance.replace):
+                    self._stop(name, instance, now)
                 continue
             if instance.process is None:
                 if name not in self._desired:
@@ -176,6 +183,9 @@ class InstanceManager:
                 continue
             await self._check_ready(name, instance, now)
         self._publish()
+
+    def _wanted(self, name: str, instance: _Instance) -> bool:
+        return name in self._desired and instance.spec.run
 
     def _reap(self, name: str, instance: _Instance, now: float) -> None:
         process = instance.process
