@@ -23,6 +23,7 @@ O(log n) however full the pool is (MetalLB walks the pool from its first address
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import heapq
@@ -185,6 +186,11 @@ class Allocator:
 
     def __init__(self, *, namespace_labels: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self._pools: dict[str, _Pool] = {}
+        # Derived from _pools by set_pools, so a pool choice or an IP -> pool lookup does not scan every pool.
+        self._auto: list[_Pool] = []  # autoAssign pools without serviceAllocation, by name
+        self._allocating: list[_Pool] = []  # autoAssign pools with serviceAllocation, by (priority rank, name)
+        self._starts: dict[int, list[int]] = {4: [], 6: []}  # per family: first address of every range, sorted
+        self._owners: dict[int, list[tuple[int, _Pool]]] = {4: [], 6: []}  # (last address, pool), same order
         self._allocs: dict[str, _Alloc] = {}
         self._ips: dict[IPAddress, _IpUse] = {}
         self._shared: dict[tuple[str, str], set[IPAddress]] = {}  # (pool, sharing key) -> IPs holding that key
@@ -201,6 +207,7 @@ class Allocator:
         """Take a new configuration; services whose IPs left every pool are released and reported."""
         old = self._allocs
         self._pools = {p.name: _Pool(p) for p in cfg.pools}
+        self._index_pools()
         self._allocs, self._ips, self._shared = {}, {}, {}
         events: list[Released | Moved] = []
         for key in sorted(old):
@@ -244,14 +251,8 @@ class Allocator:
             if not self._compatible(pool, service):
                 return self._not_allowed(service, pool)
             return self._allocate(service, [pool]) or self._no_free_ip(service, [pool])
-        pinned = sorted(
-            (p for p in self._pools.values() if p.spec.auto_assign and self._pinned(p, service)),
-            key=lambda p: (_priority_rank(p), p.name),
-        )
-        auto = sorted(
-            (p for p in self._pools.values() if p.spec.auto_assign and p.spec.service_allocation is None),
-            key=lambda p: p.name,
-        )
+        pinned = [p for p in self._allocating if self._pinned(p, service)]
+        auto = self._auto
         if not pinned and not auto:
             return Pending(key, PendingCode.NO_POOL, f"no pool with autoAssign serves {key}")
         result = self._allocate(service, pinned) if pinned else None
@@ -302,12 +303,36 @@ class Allocator:
 
     # -- internals ------------------------------------------------------------------------------------------
 
+    def _index_pools(self) -> None:
+        pools = sorted(self._pools.values(), key=lambda p: p.name)
+        self._auto = [p for p in pools if p.spec.auto_assign and p.spec.service_allocation is None]
+        self._allocating = sorted(
+            (p for p in pools if p.spec.auto_assign and p.spec.service_allocation is not None),
+            key=lambda p: (_priority_rank(p), p.name),
+        )
+        for version in (4, 6):
+            ranges = sorted((r.first, r.last, p) for p in pools for r in p.ranges if r.version == version)
+            self._starts[version] = [first for first, _, _ in ranges]
+            self._owners[version] = [(last, p) for _, last, p in ranges]
+
+    def _pool_of(self, ip: IPAddress) -> _Pool | None:
+        """The pool whose ranges hold `ip` (pools never overlap: config.parse refuses that), by bisection."""
+        x = int(ip)
+        i = bisect.bisect_right(self._starts[ip.version], x) - 1
+        if i < 0:
+            return None
+        last, pool = self._owners[ip.version][i]
+        return pool if x <= last else None
+
     def _pool_holding(self, ips: Iterable[IPAddress]) -> _Pool | None:
-        ips = tuple(ips)
-        for pool in self._pools.values():
-            if all(pool.range_for(ip) is not None for ip in ips):
-                return pool
-        return None
+        """The one pool that holds every IP (and does not avoid it as buggy), or None."""
+        found: _Pool | None = None
+        for ip in ips:
+            pool = self._pool_of(ip)
+            if pool is None or (found is not None and pool is not found) or pool.range_for(ip) is None:
+                return None
+            found = pool
+        return found
 
     def _effective_namespaces(self, sa: config.ServiceAllocation) -> set[str]:
         out = set(sa.namespaces)
