@@ -41,9 +41,9 @@ class Net:
 
 
 def test_probe_codec_round_trip_and_junk() -> None:
-    p = membership.Probe(membership.Kind.PING, 7, "n1")
-    assert membership.decode(membership.encode(p)) == p
-    for junk in (b"", b"XXXX\x01\x01\x00\x00\x00\x01\x00", membership.encode(p)[:-1], membership.encode(p) + b"x"):
+    for p in (membership.Probe(membership.Kind.PING, 7, "n1"), membership.Probe(membership.Kind.ACK, 8, "n2", False)):
+        assert membership.decode(membership.encode(p)) == p
+    for junk in (b"", b"XXXX\x01\x01\x00\x00\x00\x00\x01\x00", membership.encode(p)[:-1], membership.encode(p) + b"x"):
         with pytest.raises(errors.ProtocolError):
             membership.decode(junk)
 
@@ -84,6 +84,19 @@ def test_a_node_that_returns_is_healthy_after_its_first_probe() -> None:
     net.dead.discard("n3")
     net.run(0.11)
     assert "n3" in net.nodes["n1"].healthy(net.now)
+
+
+def test_a_restarted_node_counts_only_once_it_is_ready() -> None:
+    net = Net()
+    net.run(1.0)
+    assert "n2" in net.nodes["n1"].healthy(net.now)
+    net.nodes["n2"] = membership.MembershipState("n2", now=net.now, settings=SETTINGS)  # quick restart
+    net.nodes["n2"].set_peers(ADDR)
+    net.run(0.11)
+    assert "n2" not in net.nodes["n1"].healthy(net.now), "warming up: its IPs stay with the others"
+    net.run(0.3)
+    assert net.nodes["n2"].ready(net.now)
+    assert "n2" in net.nodes["n1"].healthy(net.now) and "n2" in net.nodes["n3"].healthy(net.now)
 
 
 def test_pings_are_paced_by_the_interval_without_bursts_after_a_stall() -> None:

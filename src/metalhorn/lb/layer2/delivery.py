@@ -30,6 +30,7 @@ import logging
 import pathlib
 import shutil
 import socket
+import typing
 from collections.abc import Iterable, Mapping
 
 from metalhorn.common import errors
@@ -318,8 +319,7 @@ class _Pipe(asyncio.Protocol):
         self.pending: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
 
     def data_received(self, data: bytes) -> None:
         if self.peer is not None and self.peer.transport is not None:

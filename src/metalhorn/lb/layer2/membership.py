@@ -1,13 +1,15 @@
 """Who is alive: direct UDP probes between agents, fast enough for sub-second failover.
 
 Every agent pings every peer each ``interval`` and answers pings with acks.  A peer is healthy while anything
-from it (a ping or an ack) arrived within ``timeout`` (default three intervals); every agent runs the same
-schedule, so a node that dies is unhealthy for everyone within the same window of ``timeout`` plus one tick --
+from it (a ping or an ack) saying "ready" arrived within ``timeout`` (default three intervals); every agent runs
+the same schedule, so a node that dies is unhealthy for everyone within the same window of ``timeout`` plus one tick --
 0.4 s with the defaults, against memberlist's ~10 s in MetalLB.  This node counts itself healthy.
 
 An agent that just started has heard nobody yet; it reports :attr:`MembershipState.ready` False for one
 ``timeout`` window, so the announcer claims nothing until its view is real (otherwise a restarting node would
-believe it is alone and briefly answer for every IP).
+believe it is alone and briefly answer for every IP).  Its probes say so (the READY flag), and peers do not count
+it healthy until they do: the IPs it will win stay with their current owners until it is ready to take them, and a
+node that restarts faster than the timeout is noticed at its first probe.
 
 :class:`MembershipState` is the sans-IO core (bytes and times in, bytes out), tested with a fake clock;
 :class:`Membership` is the asyncio shell that owns the UDP socket and the timer.
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"MHL2"
 VERSION = 1
-HEADER = struct.Struct("!4sBBIB")  # magic, version, kind, sequence, name length; the name follows
+HEADER = struct.Struct("!4sBBBIB")  # magic, version, kind, flags, sequence, name length; the name follows
+FLAG_READY = 0x01
 DEFAULT_INTERVAL = 0.1
 MISSED_PROBES = 3
 
@@ -48,19 +51,21 @@ class Probe:
     kind: Kind
     seq: int
     node: str
+    ready: bool = True  # the sender's view is settled (past its warm-up); only ready peers count as healthy
 
 
 def encode(probe: Probe) -> bytes:
     name = probe.node.encode()
     if len(name) > 255:
         raise errors.InvalidArgument(f"node name {probe.node!r} is longer than 255 bytes")
-    return HEADER.pack(MAGIC, VERSION, probe.kind, probe.seq & 0xFFFFFFFF, len(name)) + name
+    flags = FLAG_READY if probe.ready else 0
+    return HEADER.pack(MAGIC, VERSION, probe.kind, flags, probe.seq & 0xFFFFFFFF, len(name)) + name
 
 
 def decode(data: bytes) -> Probe:
     if len(data) < HEADER.size:
         raise errors.ProtocolError(f"probe of {len(data)} bytes is shorter than {HEADER.size}")
-    magic, version, kind, seq, size = HEADER.unpack_from(data)
+    magic, version, kind, flags, seq, size = HEADER.unpack_from(data)
     if magic != MAGIC or version != VERSION:
         raise errors.ProtocolError(f"not a metalhorn probe (magic {magic!r}, version {version})")
     if kind not in (Kind.PING, Kind.ACK) or len(data) != HEADER.size + size:
@@ -69,7 +74,7 @@ def decode(data: bytes) -> Probe:
         node = data[HEADER.size :].decode()
     except UnicodeDecodeError:
         raise errors.ProtocolError("probe node name is not UTF-8") from None
-    return Probe(Kind(kind), seq, node)
+    return Probe(Kind(kind), seq, node, bool(flags & FLAG_READY))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +130,7 @@ class MembershipState:
         self._next_ping += self.settings.interval
         if self._next_ping <= now:
             self._next_ping = now + self.settings.interval
-        data = encode(Probe(Kind.PING, self._seq, self.node))
+        data = encode(Probe(Kind.PING, self._seq, self.node, self.ready(now)))
         return [(addr, data) for addr in self._peers.values()]
 
     def receive(self, data: bytes, now: float) -> bytes | None:
@@ -133,9 +138,12 @@ class MembershipState:
         probe = decode(data)
         if probe.node not in self._peers:
             return None  # not (or no longer) a peer: neither counted nor answered
-        self._seen[probe.node] = now
+        if probe.ready:
+            self._seen[probe.node] = now
+        else:  # restarted and still warming up: not an owner yet, whatever it was a moment ago
+            self._seen.pop(probe.node, None)
         if probe.kind is Kind.PING:
-            return encode(Probe(Kind.ACK, probe.seq, self.node))
+            return encode(Probe(Kind.ACK, probe.seq, self.node, self.ready(now)))
         return None
 
 
