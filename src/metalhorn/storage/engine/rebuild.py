@@ -36,8 +36,8 @@ from metalhorn.storage.wire import codec, filesync
 
 log = logging.getLogger(__name__)
 
-COPY_RANGE = 4 << 20  # bytes per FILE_READ/FILE_WRITE
-IN_FLIGHT = 4  # ranges being copied at once
+COPY_RANGE = 8 << 20  # bytes per FILE_READ/FILE_WRITE
+IN_FLIGHT = 6  # ranges being copied at once
 CHECK_WINDOW = 32 << 20  # bytes of a file per FILE_CHECKSUM request (16 digests; the codec caps lengths)
 BULK_TIMEOUT = 60.0  # per request on the rebuild's own connections (they carry 4 MiB frames and checksum work)
 SYSTEM_LABEL = "metalhorn.io/system-snapshot"
