@@ -15,7 +15,7 @@ from metalhorn.common import clock as clock_mod
 from metalhorn.common import logs
 from metalhorn.control import metrics, reconcile
 from metalhorn.control.api import context as context_mod
-from metalhorn.control.controllers import nodes, volumes
+from metalhorn.control.controllers import nodes, services, volumes
 from metalhorn.control.store import base
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,16 @@ class Manager:
                 resync_interval=resync_interval,
             ),
         ]
+        self.service_controller = services.ServiceController(store=store, clock=clock)
+        # LoadBalancer IPs: woken only by writes of LB records (see changed()), resynced as a safety net.
+        self.service_runner = reconcile.Runner(
+            name="service",
+            reconcile=self.service_controller.reconcile,
+            keys=self.service_controller.names,
+            clock=clock,
+            resync_interval=max(resync_interval, 10.0),
+        )
+        self.runners.append(self.service_runner)
         self.metrics = metrics.ManagerMetrics(store=store, runners=self.runners)
         self.context = context_mod.Context(
             store=store, clock=clock, token=token, on_change=self.changed, metrics=self.metrics.render
@@ -51,8 +61,9 @@ class Manager:
 
     def changed(self, kind: str) -> None:
         """The API or an agent wrote something: let every controller look again now."""
-        del kind
         for runner in self.runners:
+            if runner is self.service_runner and kind not in services.WAKE_KINDS:
+                continue  # agent heartbeats arrive every second; the LB pass lists every service
             runner.wake()
 
     def start(self) -> None:

@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from metalhorn import __version__
-from metalhorn.control.api import agents, auth, limits, nodes, problems, volumes
+from metalhorn.control.api import agents, auth, lb, limits, nodes, problems, volumes
 from metalhorn.control.api import context as context_mod
 
 _ERRORS: dict[int | str, dict[str, Any]] = {status: problems.SCHEMA for status in (400, 401, 404, 409, 413, 422)}
@@ -32,7 +32,7 @@ def create_app(context: context_mod.Context) -> FastAPI:
     app.state.context = context
     problems.install(app)
     secured = [Depends(auth.require_token)]
-    for router in (volumes.router, nodes.router, agents.router):
+    for router in (volumes.router, nodes.router, agents.router, lb.router):
         app.include_router(router, dependencies=secured, responses=_ERRORS)
 
     @app.get("/healthz", tags=["meta"])

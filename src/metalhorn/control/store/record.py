@@ -13,7 +13,9 @@ from typing import Any
 
 from metalhorn.common import errors
 
-KINDS = ("volume", "node", "replica", "engine", "setting")
+# lbconfig: the applied MetalLB documents (one record); service: LoadBalancer services; announcement: per-node
+# L2/BGP announcement reports (see control/controllers/lbrecords.py).
+KINDS = ("volume", "node", "replica", "engine", "setting", "lbconfig", "service", "announcement")
 
 JSON = dict[str, Any]
 
