@@ -24,6 +24,9 @@ _COMMANDS: dict[str, str] = {
     "engine": "metalhorn.daemons.engine",
     "bgp": "metalhorn.daemons.bgp",
     "l2": "metalhorn.daemons.l2",
+    "apply": "metalhorn.control.cli.lb",
+    "delete": "metalhorn.control.cli.lb",
+    "lb": "metalhorn.control.cli.lb",
 }
 _COMMAND_MODULES = tuple(dict.fromkeys(_COMMANDS.values()))
 
