@@ -9,6 +9,7 @@ controller assigns IPs afterwards; statuses say which IP each service got, from 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -60,8 +61,18 @@ def invalid_config(exc: fields.InvalidConfig) -> JSONResponse:
     )
 
 
-def _service_docs(request: Request) -> dict[str, lbrecords.Document]:
-    return {rec.name: lbrecords.service_document(rec) for rec in ctx(request).store.list(lbrecords.SERVICE_KIND)}
+def _service_docs(request: Request, documents: list[Any]) -> dict[str, lbrecords.Document]:
+    """The stored documents of the Services named in the request (one read each, not a list of every service)."""
+    store = ctx(request).store
+    out: dict[str, lbrecords.Document] = {}
+    for doc in documents:
+        key = lbrecords.object_key(doc)
+        if key is None or key.kind != "Service":
+            continue
+        name = lbrecords.service_record_name(key.namespace, key.name)
+        with contextlib.suppress(errors.NotFound):
+            out[name] = lbrecords.service_document(store.get(lbrecords.SERVICE_KIND, name))
+    return out
 
 
 @router.post("/apply", response_model=None)
@@ -70,7 +81,9 @@ async def apply(request: Request, body: Documents) -> dict[str, Any] | JSONRespo
     store = context.store
     cfg_record = lbrecords.load_config_record(store)
     try:
-        plan = lbrecords.plan_apply(lbrecords.config_documents(cfg_record), _service_docs(request), body.documents)
+        plan = lbrecords.plan_apply(
+            lbrecords.config_documents(cfg_record), _service_docs(request, body.documents), body.documents
+        )
     except fields.InvalidConfig as exc:
         return invalid_config(exc)
     if body.dry_run:
