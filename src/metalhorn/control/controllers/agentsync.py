@@ -103,7 +103,11 @@ def _merge_status(
     for record in records:
         item = reported.get(record.name)
         if not isinstance(item, dict):
-            continue
+            # The agent runs every instance it was given; one it does not report is not running (yet), e.g.
+            # right after the agent restarted. Never leave a stale "running" (and its endpoint) behind.
+            if current_state(record) in ("", "pending", "stopped", "failed"):
+                continue
+            item = {"state": "pending", "pid": None}
         for attempt in range(_ATTEMPTS):
             current = record if attempt == 0 else _reread(store, record)
             if current is None:
@@ -123,6 +127,10 @@ def _merge_status(
             changed |= any(status.get(f) != current.status.get(f) for f in fields if f != "pid")
             break
     return changed
+
+
+def current_state(record: record_mod.Record) -> str:
+    return str(record.status.get("state") or "")
 
 
 def _reread(store: base.Store, record: record_mod.Record) -> record_mod.Record | None:
