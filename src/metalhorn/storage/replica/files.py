@@ -51,7 +51,13 @@ def write_zeros(fd: int, offset: int, length: int) -> None:
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
+    written = os.pwrite(fd, data, offset)
+    if written == len(data):  # the common case: one syscall, no memoryview
+        return
+    if written <= 0:
+        raise OSError(errno.EIO, "short write")
+    view = memoryview(data)[written:]
+    offset += written
     while view:
         written = os.pwrite(fd, view, offset)
         if written <= 0:

@@ -218,7 +218,7 @@ class _Connection(asyncio.Protocol):
             if ftype == _WRITE:
                 if self._sync.masks is not None:  # rebuilding: note partial-block writes (replica/sync.py)
                     self._sync.note_write(frame.offset, len(frame.payload))
-                store.write(frame.offset, frame.payload, fua=bool(frame.flags & codec.Flags.FUA))
+                store.write(frame.offset, frame.payload, fua=bool(frame.flags & codec.FLAG_FUA))
                 return frame.reply(length=len(frame.payload))
             if ftype == _UNMAP:
                 store.unmap(frame.offset, frame.length)
@@ -226,7 +226,7 @@ class _Connection(asyncio.Protocol):
             if ftype == _WRITE_ZEROES:
                 if self._sync.masks is not None:
                     self._sync.note_write(frame.offset, frame.length)
-                store.write_zeroes(frame.offset, frame.length, no_hole=bool(frame.flags & codec.Flags.NO_HOLE))
+                store.write_zeroes(frame.offset, frame.length, no_hole=bool(frame.flags & codec.FLAG_NO_HOLE))
                 return frame.reply()
             if ftype == _FLUSH:
                 self._server._flush().add_done_callback(lambda fut: self._flushed(frame, fut))

@@ -317,10 +317,12 @@ class ReplicaStore:
             payload = b"".join((prefix, data, suffix))
         self._mark_dirty()
         head_fd = self._fds[-1]
-        with _io(f"writing {self.head}"):
+        try:  # not `with _io(...)`: a context manager per 4 KiB write is measurable on the hot path
             files.pwrite_all(head_fd, payload, start)
             if fua:
                 os.fdatasync(head_fd)
+        except OSError as exc:
+            raise errors.from_oserror(exc, f"writing {self.head}") from exc
         self._map.mark_head(first, count)
         self._bump()
 
