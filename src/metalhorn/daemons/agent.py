@@ -17,6 +17,7 @@ from metalhorn.common import clock, errors, logs
 from metalhorn.control import client as client_mod
 from metalhorn.control.agent import agent as agent_mod
 from metalhorn.control.agent import attach, instances, processes, specs, status_server
+from metalhorn.control.agent import metrics as agent_metrics
 from metalhorn.daemons import runtime
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ async def _serve(args: argparse.Namespace, target: client_mod.Target, block: att
         loop.add_signal_handler(sig, stop.set)
     holder: list[agent_mod.Agent] = []
     server = status_server.StatusServer(
-        metrics=lambda: agent_mod.metrics_text(holder[0]) if holder else "",
+        metrics=agent_metrics.renderer(lambda: holder[0] if holder else None),
         healthy=lambda: bool(holder) and holder[0].synced,
     )
     await server.start(args.listen_ip, args.port)

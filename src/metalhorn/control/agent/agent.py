@@ -322,6 +322,22 @@ class Agent:
             view.error = exc.message
         await asyncio.sleep(1.0)  # at most one reconcile pass per engine and second
 
+    # -- what /metrics reads (control/agent/metrics.py) ----------------------------------------------------------
+    @property
+    def node(self) -> str:
+        return self.settings.node
+
+    def instance_states(self) -> list[tuple[str, str]]:
+        desired = self.instances.desired
+        return [
+            (desired[name].kind if name in desired else "unknown", status.state.value)
+            for name, status in self.instances.status().items()
+        ]
+
+    def engine_infos(self) -> dict[str, dict[str, Any]]:
+        """volume -> the last `info` of its engine running here (empty while the engine is not running)."""
+        return {view.volume: view.info for view in self._engines.values() if view.info}
+
     def _attached(self) -> dict[str, str]:
         """volume -> NBD endpoint of every engine running here."""
         result = {}
@@ -335,49 +351,3 @@ class Agent:
 def _records(answer: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     items = answer.get(key) or []
     return [item for item in items if isinstance(item, Mapping)] if isinstance(items, list) else []
-
-
-def metrics_text(agent: Agent) -> str:
-    """Prometheus text for the agent's /metrics: instance states, replica modes seen by engines, rebuilds."""
-    node = agent.settings.node
-    lines = [
-        "# HELP metalhorn_agent_instances Instances on this node by kind and state.",
-        "# TYPE metalhorn_agent_instances gauge",
-    ]
-    counts: dict[tuple[str, str], int] = {}
-    desired = agent.instances.desired
-    for name, status in agent.instances.status().items():
-        kind = desired[name].kind if name in desired else "unknown"
-        counts[(kind, status.state.value)] = counts.get((kind, status.state.value), 0) + 1
-    for (kind, state), count in sorted(counts.items()):
-        lines.append(f'metalhorn_agent_instances{{node="{node}",kind="{kind}",state="{state}"}} {count}')
-    lines += [
-        "# HELP metalhorn_agent_sync_errors_total Failed syncs with the manager.",
-        "# TYPE metalhorn_agent_sync_errors_total counter",
-        f'metalhorn_agent_sync_errors_total{{node="{node}"}} {agent.sync_errors}',
-        "# HELP metalhorn_replica_mode Replica mode as its engine sees it (1 for the current mode).",
-        "# TYPE metalhorn_replica_mode gauge",
-    ]
-    rebuild_lines = []
-    for view in agent._engines.values():
-        for replica in view.info.get("replicas") or []:
-            lines.append(
-                f'metalhorn_replica_mode{{volume="{view.volume}",replica="{replica.get("address")}",'
-                f'mode="{replica.get("mode")}"}} 1'
-            )
-        rebuild = specs.rebuild_progress(view.info)
-        if rebuild is not None:
-            rebuild_lines.append(
-                f'metalhorn_rebuild_done_bytes{{volume="{view.volume}"}} {int(rebuild.get("done") or 0)}'
-            )
-            rebuild_lines.append(
-                f'metalhorn_rebuild_total_bytes{{volume="{view.volume}"}} {int(rebuild.get("total") or 0)}'
-            )
-    lines += [
-        "# HELP metalhorn_rebuild_done_bytes Bytes copied by the running rebuild of a volume.",
-        "# TYPE metalhorn_rebuild_done_bytes gauge",
-        "# HELP metalhorn_rebuild_total_bytes Bytes the running rebuild of a volume copies in all.",
-        "# TYPE metalhorn_rebuild_total_bytes gauge",
-        *rebuild_lines,
-    ]
-    return "\n".join(lines) + "\n"

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+from metalhorn.common import metrics
+
 MAX_REQUEST = 8192
 
 
@@ -45,7 +47,7 @@ class StatusServer:
                     "text/plain",
                 )
             elif path == b"/metrics":
-                status, body, kind = "200 OK", self._metrics(), "text/plain; version=0.0.4"
+                status, body, kind = "200 OK", self._metrics(), metrics.CONTENT_TYPE
             else:
                 status, body, kind = "404 Not Found", "try /healthz or /metrics\n", "text/plain"
             data = body.encode()
