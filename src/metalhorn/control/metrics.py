@@ -1,7 +1,8 @@
 """The manager's /metrics: gauges computed from the store at scrape time, controller counters from the runners.
 
-Exported: volumes by state/robustness, each volume's robustness, replica modes, rebuild progress, node
-readiness and disk usage, and per controller the reconcile results and errors by code.
+Exported: volumes by state/robustness, each volume's robustness, replica modes, rebuild and expansion
+progress, node readiness and disk usage, and per controller the reconcile results and errors by code. Volume
+I/O is counted by the engine, so the agent of the engine's node exports it (control/agent/metrics.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class ManagerMetrics:
         self.rebuild = registry.gauge(
             "metalhorn_volume_rebuild_progress", "Fraction of the running rebuild done (0..1).", labels=("volume",)
         )
+        self.expansion = registry.gauge(
+            "metalhorn_volume_expansion_progress",
+            "Fraction of the volume's replicas serving the new size during an expansion (0..1).",
+            labels=("volume",),
+        )
         self.node_ready = registry.gauge("metalhorn_node_ready", "1 while the node's agent syncs.", labels=("node",))
         self.disk_bytes = registry.gauge(
             "metalhorn_disk_bytes",
@@ -54,7 +60,7 @@ class ManagerMetrics:
         return self.registry.render()
 
     def _collect(self) -> None:
-        for family in (self.volumes, self.robustness, self.replica_mode, self.rebuild, self.node_ready):
+        for family in (self.volumes, self.robustness, self.replica_mode, self.rebuild, self.expansion, self.node_ready):
             family.clear()
         self.disk_bytes.clear()
         counts: dict[tuple[str, str], int] = {}
@@ -73,6 +79,9 @@ class ManagerMetrics:
             rebuild = volume.status.get("rebuild")
             if isinstance(rebuild, dict) and rebuild.get("total"):
                 self.rebuild.labels(volume=volume.name).set(float(rebuild.get("done", 0)) / float(rebuild["total"]))
+            grow = volume.status.get("expansion")
+            if isinstance(grow, dict) and grow.get("total"):
+                self.expansion.labels(volume=volume.name).set(float(grow.get("done", 0)) / float(grow["total"]))
         for (state, robustness), count in counts.items():
             self.volumes.labels(state=state, robustness=robustness).set(count)
         for node in self._store.list("node"):

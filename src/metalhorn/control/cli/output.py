@@ -41,11 +41,19 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def progress_bar(done: int, total: int, *, width: int = 30) -> str:
-    """`[#########---------------------]  30%  300MiB/1GiB`; a total of 0 shows as complete."""
+def progress_bar(done: int, total: int, *, width: int = 30, unit: str = "") -> str:
+    """`[#########---------------------]  30%  300MiB/1GiB`; a total of 0 shows as complete. With a `unit`
+    the counts are shown as they are (`1/3 replicas`), else as byte sizes."""
     fraction = 1.0 if total <= 0 else min(1.0, max(0.0, done / total))
     filled = int(fraction * width)
-    return f"[{'#' * filled}{'-' * (width - filled)}] {int(fraction * 100):3d}%  {_size(done)}/{_size(total)}"
+    counts = f"{done}/{total} {unit}" if unit else f"{_size(done)}/{_size(total)}"
+    return f"[{'#' * filled}{'-' * (width - filled)}] {int(fraction * 100):3d}%  {counts}"
+
+
+def expansion_line(expansion: Mapping[str, Any]) -> str:
+    """`to 2GiB [##########--------------------]  33%  1/3 replicas` (replicas restarted with the new size)."""
+    bar = progress_bar(int(expansion.get("done") or 0), int(expansion.get("total") or 0), unit="replicas")
+    return f"to {_size(expansion.get('size'))} {bar}"
 
 
 def _size(value: object) -> str:
@@ -114,6 +122,9 @@ def volume_detail(volume: Mapping[str, Any]) -> str:
     if isinstance(rebuild, Mapping):
         bar = progress_bar(int(rebuild.get("done") or 0), int(rebuild.get("total") or 0))
         lines.append(f"{'rebuild:'.ljust(width)}  {rebuild.get('replica')} {bar}")
+    grow = status.get("expansion")
+    if isinstance(grow, Mapping):
+        lines.append(f"{'expansion:'.ljust(width)}  {expansion_line(grow)}")
     replicas = status.get("replicas") or []
     lines.append("")
     lines.append(

@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     get = commands.add_parser("get", help="show one volume: state, replicas, rebuild progress, scheduling reasons")
     get.add_argument("name", metavar="NAME")
+    _wait_options(get, "until the volume is healthy with no rebuild or expansion running")
     common.add_client_options(get)
     get.set_defaults(func=_get)
 
@@ -141,9 +142,33 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settled(record: Mapping[str, Any]) -> bool:
+    status = _status(record)
+    return _healthy(record) and not status.get("rebuild") and not status.get("expansion")
+
+
+def _progress_line(record: Mapping[str, Any]) -> str | None:
+    """The running rebuild's or expansion's bar, else the volume's state."""
+    grow = _status(record).get("expansion")
+    if isinstance(grow, Mapping):
+        return f"expanding {output.expansion_line(grow)}"
+    return _rebuild_line(record)
+
+
 def _get(args: argparse.Namespace) -> int:
     with common.connect(args) as api:
-        record = api.get_volume(args.name)
+        if args.wait:
+            record = dict(
+                common.wait_for(
+                    lambda: api.get_volume(args.name),
+                    _settled,
+                    what=f"volume {args.name} to be healthy with no rebuild or expansion running",
+                    timeout=args.timeout,
+                    progress=_progress_line,
+                )
+            )
+        else:
+            record = api.get_volume(args.name)
     common.emit(args, record, output.volume_detail)
     return 0
 
@@ -212,20 +237,13 @@ def _expand(args: argparse.Namespace) -> int:
                 status = _status(r)
                 return status.get("expansion") is None and status.get("size", size) == size
 
-            def line(r: Mapping[str, Any]) -> str | None:
-                expansion = _status(r).get("expansion")
-                if isinstance(expansion, Mapping):
-                    done, total = int(expansion.get("done") or 0), int(expansion.get("total") or 0)
-                    return f"expanding to {units.format_size(size)} {output.progress_bar(done, total)}"
-                return _rebuild_line(r)
-
             record = dict(
                 common.wait_for(
                     lambda: api.get_volume(args.name),
                     expanded,
                     what=f"volume {args.name} to reach {units.format_size(size)}",
                     timeout=args.timeout,
-                    progress=line,
+                    progress=_progress_line,
                 )
             )
     common.emit(args, record, output.volume_detail)

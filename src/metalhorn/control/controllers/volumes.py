@@ -27,7 +27,7 @@ from typing import Any
 from metalhorn.common import addresses, errors, logs
 from metalhorn.common import clock as clock_mod
 from metalhorn.control import reconcile
-from metalhorn.control.controllers import placement
+from metalhorn.control.controllers import expansion, placement
 from metalhorn.control.controllers import settings as settings_mod
 from metalhorn.control.store import base
 from metalhorn.control.store import record as record_mod
@@ -131,13 +131,13 @@ class _Pass:
 
     def propagate_size(self) -> None:
         """An expanded volume (the API allows it only while detached) gives its replicas the new size; the
-        agent restarts each replica process with it."""
-        if self.engine is not None:
-            return
+        agent restarts each replica process with it (expansion.py tells when it did)."""
         updated = []
         for replica in self.replicas:
-            if replica.spec.get("size") != self.size:
-                replica = self.store.update(replica.with_(spec={**replica.spec, "size": self.size}))  # noqa: PLW2901
+            if self.engine is None and replica.spec.get("size") != self.size:
+                replica = self.store.update(expansion.mark(replica, size=self.size))  # noqa: PLW2901
+            elif expansion.MARKER in replica.status and expansion.expanded(replica):
+                replica = self.store.update(expansion.cleared(replica))  # noqa: PLW2901
             updated.append(replica)
         self.replicas = updated
 
@@ -385,7 +385,9 @@ class _Pass:
             "scheduling": self.scheduling if self.scheduling is not None else old.get("scheduling", []),
             "rebuild": (engine.status.get("rebuild") if engine_up and engine is not None else None) or None,
         }
-        if state in ("creating", "attaching", "detaching") or status["rebuild"]:
+        grown = expansion.progress(self.replicas, size=self.size)
+        status["size"], status["expansion"] = grown.size, grown.expansion
+        if state in ("creating", "attaching", "detaching") or status["rebuild"] or status["expansion"]:
             self._want_retry(TRANSITION_RETRY)
         if status != old:
             if (old.get("robustness"), old.get("state")) != (robustness, state):
