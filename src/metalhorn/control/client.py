@@ -262,6 +262,22 @@ class AsyncClient:
     async def get_node(self, name: str) -> Record:
         return dict(await self.request("GET", f"/v1/nodes/{name}"))
 
+    async def list_nodes(self) -> list[Record]:
+        return _items(await self.request("GET", "/v1/nodes"))
+
+    # -- load balancer (the agent's LB runtime) -----------------------------------------------------------------
+    async def get_lb_config(self) -> Record:
+        """``{documents, resource_version}``: the applied MetalLB documents."""
+        answer = await self.request("GET", "/v1/lb/config")
+        return dict(answer) if isinstance(answer, dict) else {"documents": [], "resource_version": 0}
+
+    async def list_lb_services(self) -> list[Record]:
+        return _items(await self.request("GET", "/v1/lb/services"))
+
+    async def put_announcements(self, node: str, report: Mapping[str, Any]) -> Record:
+        """What ``node`` announces now (replaces its previous report; see docs/loadbalancer.md)."""
+        return dict(await self.request("PUT", f"/v1/lb/announcements/{node}", body=dict(report)) or {})
+
 
 def _items(answer: Any) -> list[Record]:
     """A list endpoint answers a JSON list, or an object with `items` (both accepted)."""

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ipaddress
 import logging
+import os
 import pathlib
 import signal
 
-from metalhorn.common import clock, errors, logs
+from metalhorn.common import clock, errors, logs, metrics
 from metalhorn.control import client as client_mod
 from metalhorn.control.agent import agent as agent_mod
 from metalhorn.control.agent import attach, instances, processes, specs, status_server
+from metalhorn.control.agent import lb as lb_mod
 from metalhorn.control.agent import metrics as agent_metrics
 from metalhorn.daemons import runtime
 
@@ -42,6 +46,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="make /dev/metalhorn/<volume> for volumes attached here when root with nbdfuse (default auto)",
     )
     parser.add_argument("--sync-interval", type=float, default=1.0, help="seconds between syncs (default 1)")
+    lb = parser.add_argument_group("load balancer (layer 2 and BGP announcements of service IPs)")
+    lb.add_argument(
+        "--lb",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="run the LB runtime: auto = when root (raw sockets, nftables), on = always, off = never",
+    )
+    lb.add_argument(
+        "--interface", action="append", default=[], help="answer ARP/NDP for VIPs on this interface (repeatable)"
+    )
+    lb.add_argument("--router-id", type=ipaddress.IPv4Address, help="BGP identifier (default: --listen-ip)")
+    lb.add_argument("--bgp-next-hop-v6", type=ipaddress.IPv6Address, default=None, help="IPv6 next hop (auto)")
+    lb.add_argument("--lb-probe-port", type=int, default=lb_mod.DEFAULT_PROBE_PORT, help="UDP membership port")
+    lb.add_argument("--lb-probe-interval", type=float, default=0.1, help="seconds between membership probes")
+    lb.add_argument("--lb-delivery", choices=("auto", "nft", "proxy", "none"), default="auto", help="VIP data path")
     parser.set_defaults(func=_run)
 
 
@@ -70,8 +89,10 @@ async def _serve(args: argparse.Namespace, target: client_mod.Target, block: att
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     holder: list[agent_mod.Agent] = []
+    lb_registry = metrics.Registry()  # the LB runtime's series, after the agent's own
+    base_metrics = agent_metrics.renderer(lambda: holder[0] if holder else None)
     server = status_server.StatusServer(
-        metrics=agent_metrics.renderer(lambda: holder[0] if holder else None),
+        metrics=lambda: base_metrics() + (lb_registry.render() if holder else ""),
         healthy=lambda: bool(holder) and holder[0].synced,
     )
     await server.start(args.listen_ip, args.port)
@@ -94,14 +115,53 @@ async def _serve(args: argparse.Namespace, target: client_mod.Target, block: att
         block_devices=block,
     )
     holder.append(agent)
+    lb = _lb_runtime(args, settings, api, lb_registry)
+    lb_task: asyncio.Task[None] | None = None
     try:
         await agent.start()
         log.info("agent running %s", logs.kv(node=args.node, manager=target.url, data=settings.data_path))
+        if lb is not None:
+            lb_task = asyncio.create_task(lb.run(stop), name="lb-runtime")
         await agent.run(stop)
         log.info("agent stopping %s", logs.kv(node=args.node))
     finally:
+        if lb is not None:
+            stop.set()
+            if lb_task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lb_task
+            try:
+                await lb.close()
+            except Exception as exc:  # the volumes still have to stop cleanly below
+                log.error("lb runtime close failed %s", logs.kv(node=args.node, error=exc))
         await agent.shutdown()
         await server.close()
         await api.aclose()
     log.info("agent stopped %s", logs.kv(node=args.node))
     return 0
+
+
+def _lb_runtime(
+    args: argparse.Namespace,
+    settings: agent_mod.AgentSettings,
+    api: client_mod.AsyncClient,
+    registry: metrics.Registry,
+) -> lb_mod.LbRuntime | None:
+    """The LB runtime, or None when --lb says so (auto: only as root, which raw sockets and nftables need)."""
+    if args.lb == "off" or (args.lb == "auto" and os.geteuid() != 0):
+        if args.lb == "auto":
+            log.info("no LB announcements from this node %s", logs.kv(node=args.node, reason="not root"))
+        return None
+    lb_settings = lb_mod.LbSettings(
+        node=args.node,
+        listen_ip=args.listen_ip,
+        interfaces=tuple(args.interface),
+        router_id=args.router_id,
+        next_hop_v6=args.bgp_next_hop_v6,
+        probe_port=args.lb_probe_port,
+        probe_interval=args.lb_probe_interval,
+        delivery=args.lb_delivery,
+        tags=settings.tags,
+        zone=settings.zone,
+    )
+    return lb_mod.LbRuntime(lb_settings, api=api, clock=clock.SystemClock(), registry=registry)

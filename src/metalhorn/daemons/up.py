@@ -24,11 +24,12 @@ from metalhorn.common import addresses, errors
 from metalhorn.control import client as client_mod
 from metalhorn.control.agent import processes
 from metalhorn.control.cli import output
-from metalhorn.daemons import supervisor
+from metalhorn.daemons import supervisor, upnet
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9500
+NETNS_AGENT_PORT = 9501  # with --netns every agent has its own address, so one port fits all
 READY_TIMEOUT = 90.0
 
 
@@ -73,6 +74,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=("auto", "off"),
         default="auto",
         help="attached volumes also get /dev/metalhorn/<volume> when root with nbdfuse (default auto)",
+    )
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="root: each agent in its own network namespace mh-up-<node> on bridge mh-up-br (198.18.0.0/24, "
+        "2001:db8::/64), announcing service IPs over L2/BGP for real; the manager listens on 198.18.0.1",
     )
     parser.set_defaults(func=run)
 
@@ -131,11 +138,33 @@ def run(args: argparse.Namespace) -> int:
     for sub in ("manager", "nodes", "logs"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
     plan = _plan(data_dir, args)
-    url = f"http://127.0.0.1:{plan['manager_port']}"
+    network = upnet.Network([f"node-{i}" for i in range(1, plan["nodes"] + 1)]) if args.netns else None
+    host = upnet.MANAGER_V4 if network is not None else "127.0.0.1"
+    url = f"http://{host}:{plan['manager_port']}"
     token_file = data_dir / "manager" / "token"
     sup = _ClusterSupervisor()
     sup.install_signal_handlers()
     try:
+        return _run(args, sup, network, data_dir=data_dir, plan=plan, url=url, token_file=token_file)
+    finally:
+        if network is not None:
+            network.teardown()
+
+
+def _run(
+    args: argparse.Namespace,
+    sup: supervisor.Supervisor,
+    network: upnet.Network | None,
+    *,
+    data_dir: pathlib.Path,
+    plan: dict[str, Any],
+    url: str,
+    token_file: pathlib.Path,
+) -> int:
+    host = upnet.MANAGER_V4 if network is not None else "127.0.0.1"
+    try:
+        if network is not None:
+            network.setup()
         sup.start(
             supervisor.Child(
                 name="manager",
@@ -144,12 +173,12 @@ def run(args: argparse.Namespace) -> int:
                     "--store",
                     f"sqlite:///{data_dir / 'manager' / 'metalhorn.db'}",
                     "--listen",
-                    f"127.0.0.1:{plan['manager_port']}",
+                    f"{host}:{plan['manager_port']}",
                     "--state-dir",
                     str(data_dir / "manager"),
                 ),
                 log_path=data_dir / "logs" / "manager.log",
-                ready_address=addresses.Address(host="127.0.0.1", port=plan["manager_port"]),
+                ready_address=addresses.Address(host=host, port=plan["manager_port"]),
                 restart=True,
                 max_restarts=20,
             )
@@ -159,7 +188,15 @@ def run(args: argparse.Namespace) -> int:
         with client_mod.Client(target) as api:
             _apply_settings(api, args)
             agents = [
-                _agent(name, data_dir, args, url=url, token_file=token_file, port=plan["agent_ports"][name])
+                _agent(
+                    name,
+                    data_dir,
+                    args,
+                    url=url,
+                    token_file=token_file,
+                    port=NETNS_AGENT_PORT if network is not None else plan["agent_ports"][name],
+                    network=network,
+                )
                 for name in (f"node-{index}" for index in range(1, plan["nodes"] + 1))
             ]
             for child in agents:  # all at once: they boot in parallel
@@ -179,31 +216,44 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _agent(
-    name: str, data_dir: pathlib.Path, args: argparse.Namespace, *, url: str, token_file: pathlib.Path, port: int
+    name: str,
+    data_dir: pathlib.Path,
+    args: argparse.Namespace,
+    *,
+    url: str,
+    token_file: pathlib.Path,
+    port: int,
+    network: upnet.Network | None = None,
 ) -> supervisor.Child:
     node_dir = data_dir / "nodes" / name
     node_dir.mkdir(parents=True, exist_ok=True)
+    listen_ip = network.by_node(name).ip4 if network is not None else args.listen_ip
+    # On loopback every agent shares one network stack: no announcements (they would touch the host's ARP and
+    # nftables, and collide on the probe port). In a namespace each agent owns its stack and its eth0.
+    lb = ["--lb", "on", "--interface", "eth0"] if network is not None else ["--lb", "off"]
+    argv = supervisor.metalhorn_command(
+        "agent",
+        "--node",
+        name,
+        "--manager",
+        url,
+        "--data-path",
+        str(node_dir),
+        "--listen-ip",
+        listen_ip,
+        "--token-file",
+        str(token_file),
+        "--port",
+        str(port),
+        "--block-devices",
+        args.block_devices,
+        *lb,
+    )
     return supervisor.Child(
         name=f"agent-{name}",
-        args=supervisor.metalhorn_command(
-            "agent",
-            "--node",
-            name,
-            "--manager",
-            url,
-            "--data-path",
-            str(node_dir),
-            "--listen-ip",
-            args.listen_ip,
-            "--token-file",
-            str(token_file),
-            "--port",
-            str(port),
-            "--block-devices",
-            args.block_devices,
-        ),
+        args=network.wrap(name, argv) if network is not None else argv,
         log_path=data_dir / "logs" / f"{name}.log",
-        ready_address=addresses.Address(host=args.listen_ip, port=port),
+        ready_address=addresses.Address(host=listen_ip, port=port),
         restart=False,  # an agent that dies is a node that failed: the cluster shows it and heals around it
     )
 

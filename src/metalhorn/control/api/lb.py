@@ -41,12 +41,26 @@ class Documents(BaseModel):
     dry_run: bool = False
 
 
+class BgpSession(BaseModel):
+    """One BGP session of the reporting node, as its speaker sees it (``metalhorn lb peers``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    peer: Text
+    address: Text = ""
+    state: Text = ""
+    prefixes_advertised: Annotated[int, Field(ge=0)] = 0
+    established_at: float | None = None
+    last_error: Text = ""
+    flaps: Annotated[int, Field(ge=0)] = 0
+
+
 class Announcements(BaseModel):
     """What one node announces now, replacing its previous report. Keys are service names "namespace/name"."""
 
     model_config = ConfigDict(extra="forbid")
     l2: Annotated[list[Text], Field(max_length=MAX_DOCUMENTS)] = []
     bgp: Annotated[dict[Text, Annotated[list[Text], Field(max_length=1024)]], Field(max_length=MAX_DOCUMENTS)] = {}
+    bgp_sessions: Annotated[list[BgpSession], Field(max_length=1024)] = []
 
 
 def invalid_config(exc: fields.InvalidConfig) -> JSONResponse:
@@ -227,7 +241,11 @@ async def delete_service(request: Request, namespace: Namespace, name: ServiceNa
 async def report_announcements(request: Request, node: NodeName, body: Announcements) -> dict[str, Any]:
     """An L2/BGP agent's report of what its node announces now (send at least every node_down_after seconds)."""
     store = ctx(request).store
-    status = {"l2": sorted(set(body.l2)), "bgp": {k: sorted(set(v)) for k, v in sorted(body.bgp.items())}}
+    status: dict[str, Any] = {
+        "l2": sorted(set(body.l2)),
+        "bgp": {k: sorted(set(v)) for k, v in sorted(body.bgp.items())},
+        "bgp_sessions": [s.model_dump() for s in sorted(body.bgp_sessions, key=lambda s: s.peer)],
+    }
     try:
         rec = store.get(lbrecords.ANNOUNCEMENT_KIND, node)
     except errors.NotFound:
@@ -241,3 +259,19 @@ async def report_announcements(request: Request, node: NodeName, body: Announcem
 @router.get("/announcements", response_model=models.RecordList)
 async def list_announcements(request: Request) -> dict[str, Any]:
     return {"items": [rec.to_json() for rec in ctx(request).store.list(lbrecords.ANNOUNCEMENT_KIND)]}
+
+
+@router.get("/peers")
+async def list_peers(request: Request) -> dict[str, Any]:
+    """Every node's BGP sessions from its last report: {items: [{node, peer, address, state,
+    prefixes_advertised, established_at, last_error, flaps, stale}]}; a report older than node_down_after is
+    stale (its agent is gone or cut off) and its state is not to be believed."""
+    context = ctx(request)
+    horizon = context.clock.wall() - settings_mod.load(context.store).node_down_after
+    items = []
+    for rec in context.store.list(lbrecords.ANNOUNCEMENT_KIND):
+        for session in rec.status.get("bgp_sessions") or []:
+            if isinstance(session, dict):
+                items.append({"node": rec.name, **session, "stale": rec.updated_at < horizon})
+    items.sort(key=lambda item: (str(item.get("node")), str(item.get("peer"))))
+    return {"items": items}

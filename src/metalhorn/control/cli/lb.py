@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     get.add_argument("service", metavar="NAMESPACE/NAME", help="e.g. default/web (namespace default if omitted)")
     common.add_client_options(get)
     get.set_defaults(func=_get)
+    peers = commands.add_parser("peers", help="BGP sessions per node and peer: state, prefixes advertised")
+    common.add_client_options(peers)
+    peers.set_defaults(func=_peers)
     cfg = commands.add_parser("config", help="the applied MetalLB documents (YAML by default)")
     common.add_client_options(cfg)
     cfg.set_defaults(func=_config, output="yaml")
@@ -133,6 +136,13 @@ def _services(args: argparse.Namespace) -> int:
     with common.connect(args) as api:
         items = api.request("GET", "/v1/lb/services")["items"]
     common.emit(args, items, service_table)
+    return 0
+
+
+def _peers(args: argparse.Namespace) -> int:
+    with common.connect(args) as api:
+        items = api.request("GET", "/v1/lb/peers")["items"]
+    common.emit(args, items, peer_table)
     return 0
 
 
@@ -230,6 +240,37 @@ def service_table(services: Sequence[Mapping[str, Any]]) -> str:
             ]
         )
     return output.table(("SERVICE", "STATE", "IPS", "POOL", "PORTS", "L2-NODE", "BGP-PEERS", "REASON"), rows)
+
+
+def _since(established_at: Any, now: float) -> str:
+    try:
+        seconds = max(0, int(now - float(established_at)))
+    except (TypeError, ValueError):
+        return ""
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def peer_table(sessions: Sequence[Mapping[str, Any]], *, now: float | None = None) -> str:
+    """One row per node and BGP peer; a stale report (agent gone) shows its state as `unknown`."""
+    now = datetime.datetime.now(tz=datetime.UTC).timestamp() if now is None else now
+    rows = []
+    for s in sorted(sessions, key=lambda s: (str(s.get("node")), str(s.get("peer")))):
+        stale = bool(s.get("stale"))
+        state = "unknown (stale report)" if stale else s.get("state")
+        up = s.get("state") == "Established" and not stale
+        rows.append(
+            [
+                s.get("node"),
+                s.get("peer"),
+                s.get("address"),
+                state,
+                s.get("prefixes_advertised") if not stale else None,
+                _since(s.get("established_at"), now) if up else None,
+                s.get("last_error"),
+            ]
+        )
+    return output.table(("NODE", "PEER", "ADDRESS", "STATE", "PREFIXES", "UP", "LAST-ERROR"), rows)
 
 
 def _cell(value: Any) -> str:
