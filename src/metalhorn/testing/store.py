@@ -48,13 +48,15 @@ class MemoryStore:
         except KeyError:
             raise errors.NotFound(f"{kind} {name!r} does not exist") from None
 
-    def list(self, kind: str, *, owner_id: str | None = None) -> list[record_mod.Record]:
+    def list(self, kind: str, *, owner_id: str | None = None, volume: str | None = None) -> list[record_mod.Record]:
         record_mod.check_key(kind, "-")
         found = [
             stored.load()
             for (k, _), stored in self._records.items()
             if k == kind and (owner_id is None or stored.record.owner_id == owner_id)
         ]
+        if volume is not None:
+            found = [rec for rec in found if rec.spec.get("volume") == volume]
         return sorted(found, key=lambda rec: rec.name)
 
     def create(self, record: record_mod.Record) -> record_mod.Record:
@@ -148,6 +150,14 @@ def _check(store: base.Store) -> None:
     assert [r.name for r in store.list("volume")] == ["a0", "v1"]
     assert [r.name for r in store.list("volume", owner_id="n1")] == ["v1"]
     assert [r.name for r in store.list("replica")] == ["v1"]
+    # Replicas of one volume (spec.volume), combinable with the owner.
+    store.create(rec(kind="replica", name="v1-b", spec={"volume": "v1", "size": 1}, owner_id="n2"))
+    store.create(rec(kind="replica", name="v10-a", spec={"volume": "v10"}, owner_id="n2"))
+    store.create(rec(kind="replica", name="x", spec={}, owner_id="n2"))
+    assert [r.name for r in store.list("replica", volume="v1")] == ["v1", "v1-b"]
+    assert [r.name for r in store.list("replica", volume="v1", owner_id="n2")] == ["v1-b"]
+    assert store.list("replica", volume="nothing") == []
+    assert store.list("volume", volume="v1") == []
 
     _expect(errors.Conflict, lambda: store.delete("volume", "v1", resource_version=1))
     store.delete("volume", "v1", resource_version=2)

@@ -32,18 +32,28 @@ class Outcome:
 
 def sync(store: base.Store, *, node: str, report: dict[str, Any], clock: clock_mod.Clock) -> Outcome:
     changed = _update_node(store, node=node, report=report, now=clock.wall())
-    replicas = [r for r in store.list("replica") if r.spec.get("node") == node]
-    engines = [e for e in store.list("engine") if e.spec.get("node") == node]
+    replicas, engines = _on_node(store, node)
     changed |= _merge_status(store, replicas, report.get("replicas") or {}, REPLICA_FIELDS)
     changed |= _merge_status(store, engines, report.get("engines") or {}, ENGINE_FIELDS)
-    replicas = [r for r in store.list("replica") if r.spec.get("node") == node]
-    engines = [e for e in store.list("engine") if e.spec.get("node") == node]
+    replicas, engines = _on_node(store, node)
     answer = {
         "node": store.get("node", node).to_json(),
         "replicas": [r.to_json() for r in replicas],
         "engines": [_with_addresses(store, e) for e in engines],
     }
     return Outcome(answer=answer, changed=changed)
+
+
+def _on_node(store: base.Store, node: str) -> tuple[list[record_mod.Record], list[record_mod.Record]]:
+    """The node's replica and engine records. The volume controller creates them owned by their node
+    (owner_id), so the store's owner index finds them without reading every record of the cluster; records
+    nobody owns are still matched by spec.node."""
+
+    def on_node(kind: str) -> list[record_mod.Record]:
+        found = store.list(kind, owner_id=node) + store.list(kind, owner_id="")
+        return sorted((r for r in found if r.spec.get("node") == node), key=lambda r: r.name)
+
+    return on_node("replica"), on_node("engine")
 
 
 def _update_node(store: base.Store, *, node: str, report: dict[str, Any], now: float) -> bool:

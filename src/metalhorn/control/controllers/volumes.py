@@ -62,7 +62,7 @@ class VolumeController:
         return sorted(names)
 
     def reconcile(self, name: str) -> reconcile.Result:
-        replicas = [r for r in self._store.list("replica") if r.spec.get("volume") == name]
+        replicas = self._store.list("replica", volume=name)
         engine = _get(self._store, "engine", name)
         try:
             volume = self._store.get("volume", name)

@@ -20,8 +20,10 @@ class Store(Protocol):
         """The record, or errors.NotFound."""
         ...
 
-    def list(self, kind: str, *, owner_id: str | None = None) -> list[record_mod.Record]:
-        """Records of one kind sorted by name, optionally only those owned by `owner_id`."""
+    def list(self, kind: str, *, owner_id: str | None = None, volume: str | None = None) -> list[record_mod.Record]:
+        """Records of one kind sorted by name, optionally only those owned by `owner_id`, and only those whose
+        `spec.volume` is `volume` (replica and engine records name their volume; backends index it, so a
+        volume's reconcile pass does not read every replica of the cluster)."""
         ...
 
     def create(self, record: record_mod.Record) -> record_mod.Record:

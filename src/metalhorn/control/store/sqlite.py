@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (kind, name)
 );
 CREATE INDEX IF NOT EXISTS records_owner ON records (kind, owner_id);
+CREATE INDEX IF NOT EXISTS records_volume ON records (kind, json_extract(spec, '$.volume'));
 """
 _Row = tuple[Any, ...]
 _Rows = list[_Row]
@@ -62,13 +63,16 @@ class SqliteStore:
             raise errors.NotFound(f"{kind} {name!r} does not exist")
         return _to_record(row)
 
-    def list(self, kind: str, *, owner_id: str | None = None) -> list[record_mod.Record]:
+    def list(self, kind: str, *, owner_id: str | None = None, volume: str | None = None) -> list[record_mod.Record]:
         record_mod.check_key(kind, "-")
         sql = "SELECT " + _COLUMNS + " FROM records WHERE kind = ?"
         params: tuple[Any, ...] = (kind,)
         if owner_id is not None:
             sql += " AND owner_id = ?"
             params += (owner_id,)
+        if volume is not None:
+            sql += " AND json_extract(spec, '$.volume') = ?"  # the records_volume index
+            params += (volume,)
         with self._lock:
             rows = self._query(sql + " ORDER BY name", params)
         return [_to_record(row) for row in rows]
