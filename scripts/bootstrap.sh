@@ -12,7 +12,7 @@ DEB_NEEDS=(
   python3:python3 nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:nbdfuse fusermount3:fuse3
   qemu-io:qemu-utils fio:fio nbdsh:python3-libnbd mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs losetup:mount
   arping:arping ndisc6:ndisc6 tcpdump:tcpdump nft:nftables keepalived:keepalived
-  vtysh:frr bird:bird2 birdc:bird2 gobgpd:gobgpd gobgp:gobgpd
+  vtysh:frr bird:bird2 birdc:bird2 gobgpd:gobgpd gobgp:gobgpd curl:curl ip:iproute2 ss:iproute2
 )
 
 missing=()

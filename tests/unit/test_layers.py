@@ -24,9 +24,10 @@ PURE = (
     "lb/config.py",
     "lb/allocator.py",
     "lb/election.py",
+    "lb/layer2/frames.py",
+    "lb/bgp/routes.py",
     "lb/bgp/messages",
     "lb/bgp/fsm.py",
-    "lb/bgp/routes.py",
 )
 FORBIDDEN = {
     "common": ("metalhorn.storage", "metalhorn.lb", "metalhorn.control", "metalhorn.daemons"),
