@@ -19,7 +19,7 @@ class FakeAgent:
     def __init__(self, cluster: Cluster, name: str, index: int) -> None:
         self.cluster = cluster
         self.name = name
-        self.ip = f"10.0.0.{index}"
+        self.ip = f"198.18.0.{index}"
         self.answer: dict[str, Any] = {}
         self.ports: dict[str, int] = {}
         self.engine_modes: dict[str, dict[str, str]] = {}  # engine -> address -> mode

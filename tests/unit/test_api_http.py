@@ -41,7 +41,7 @@ class Env:
         return self.client.post(path, json=body, **kw)
 
     def register(self, node: str) -> None:
-        report = {"address": "10.0.0.1", "disks": {"/data": {"capacity": 1 << 40, "available": 1 << 40}}}
+        report = {"address": "198.18.0.1", "disks": {"/data": {"capacity": 1 << 40, "available": 1 << 40}}}
         assert self.post(f"/v1/agents/{node}/sync", report).status_code == 200
 
 
@@ -237,8 +237,8 @@ def test_delete_marks_the_volume_for_the_controller(env: Env) -> None:
 # -- nodes, disks, settings, agents ------------------------------------------------------------------------------------
 def test_agent_sync_registers_the_node_and_answers_its_records(env: Env) -> None:
     report = {
-        "address": "10.0.0.5",
-        "agent_url": "http://10.0.0.5:9501",
+        "address": "198.18.0.5",
+        "agent_url": "http://198.18.0.5:9501",
         "zone": "z1",
         "tags": ["ssd"],
         "disks": {"/data": {"capacity": 1000, "available": 900, "tags": ["fast"]}},

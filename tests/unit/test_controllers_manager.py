@@ -15,7 +15,7 @@ async def test_manager_runs_controllers_until_stopped_and_exports_metrics() -> N
     clock = clock_mod.SystemClock()
     store = store_kit.MemoryStore(clock=clock)
     manager = manager_mod.Manager(store=store, clock=clock, token="t", resync_interval=0.05)
-    report = {"address": "10.0.0.1", "disks": {"/d": {"capacity": 1 << 40, "available": 1 << 40}}}
+    report = {"address": "198.18.0.1", "disks": {"/d": {"capacity": 1 << 40, "available": 1 << 40}}}
     agentsync.sync(store, node="n1", report=report, clock=clock)
     store.create(record_mod.Record(kind="volume", name="v1", spec={"size": 1 << 30, "replicas": 1, "attach_node": ""}))
     manager.start()

@@ -47,7 +47,7 @@ def test_attach_creates_the_engine_on_the_attach_node_and_reports_the_endpoint()
     assert engine.owner_id == "n1"
     assert sorted(engine.spec["replicas"]) == sorted(r.name for r in cluster.replicas())
     vol = cluster.volume()
-    assert vol.status["endpoint"] == "nbd://10.0.0.1:10809/v1"
+    assert vol.status["endpoint"] == "nbd://198.18.0.1:10809/v1"
     assert all(r["mode"] == "RW" for r in vol.status["replicas"])
     # The agent's answer resolves the replica names to addresses.
     answer = cluster.agents["n1"].answer

@@ -24,8 +24,8 @@ def test_exact_series() -> None:
     clock = fake_clock.FakeClock()
     store = store_kit.MemoryStore(clock=clock)
     replicas = [
-        {"name": "v1-r1", "node": "n1", "mode": "RW", "address": "tcp://10.0.0.1:1"},
-        {"name": "v1-r2", "node": "n2", "mode": "WO", "address": "tcp://10.0.0.2:1"},
+        {"name": "v1-r1", "node": "n1", "mode": "RW", "address": "tcp://198.18.0.1:1"},
+        {"name": "v1-r2", "node": "n2", "mode": "WO", "address": "tcp://198.18.0.2:1"},
         {"name": "v1-r3", "node": "n3", "mode": "ERR", "address": ""},
     ]
     store.create(
@@ -37,7 +37,7 @@ def test_exact_series() -> None:
                 "state": "attached",
                 "robustness": "degraded",
                 "replicas": replicas,
-                "rebuild": {"replica": "tcp://10.0.0.2:1", "done": GiB // 4, "total": GiB},
+                "rebuild": {"replica": "tcp://198.18.0.2:1", "done": GiB // 4, "total": GiB},
             },
         )
     )
