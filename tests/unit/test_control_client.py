@@ -86,9 +86,9 @@ def test_list_accepts_items_object_and_plain_list() -> None:
 def test_resolve_target_order(tmp_path: pathlib.Path) -> None:
     token = tmp_path / "token"
     token.write_text("abc\n")
-    env = {"METALHORN_MANAGER": "10.0.0.1:9500", "METALHORN_TOKEN": "from-env", "HOME": str(tmp_path)}
+    env = {"METALHORN_MANAGER": "198.18.0.1:9500", "METALHORN_TOKEN": "from-env", "HOME": str(tmp_path)}
     assert client.resolve_target(env=env) == client.Target(
-        url="http://10.0.0.1:9500", token="from-env", token_source="METALHORN_TOKEN"
+        url="http://198.18.0.1:9500", token="from-env", token_source="METALHORN_TOKEN"
     )
     flagged = client.resolve_target(manager="http://m:1/", token_file=str(token), env=env)
     assert (flagged.url, flagged.token) == ("http://m:1", "abc")
