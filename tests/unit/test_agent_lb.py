@@ -4,7 +4,9 @@ responders, no sockets but one loopback UDP probe socket)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from metalhorn.common import metrics
+from metalhorn.common import errors, metrics
 from metalhorn.control import client as client_mod
 from metalhorn.control.agent import lb as lb_mod
 from metalhorn.control.agent import lbplan
@@ -278,3 +280,56 @@ async def test_runtime_refresh_announces_what_it_owns_and_reports_it() -> None:
     assert responders[0].closed
     report = env.client.get("/v1/lb/announcements").json()["items"][0]["status"]
     assert report["l2"] == [] and report["bgp_sessions"] == []
+
+
+class DownManager:
+    """An API whose every call fails, as when the manager is away."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def get_lb_config(self) -> Any:
+        self.calls += 1
+        raise errors.Unavailable("manager away")
+
+    async def put_announcements(self, node: str, report: Any) -> Any:
+        raise errors.Unavailable("manager away")
+
+
+async def test_runtime_failures_are_counted_and_retried_never_raised() -> None:
+    api = DownManager()
+    registry = metrics.Registry()
+    settings = lb_mod.LbSettings(node="node-1", listen_ip="127.0.0.1", delivery="none", refresh_interval=0.001)
+    fake_api: Any = api
+    runtime = lb_mod.LbRuntime(settings, api=fake_api, clock=fake_clock.FakeClock(), registry=registry)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    for _ in range(1000):
+        if api.calls >= 3:
+            break
+        await asyncio.sleep(0.001)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert api.calls >= 3 and "manager away" in runtime.last_error
+    assert 'metalhorn_lb_refresh_errors_total{node="node-1"} ' in registry.render()
+    await runtime.close()  # the final empty report fails too: swallowed
+
+
+async def test_a_taken_probe_port_is_retried_without_leaking() -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        settings = lb_mod.LbSettings(
+            node="n", listen_ip="127.0.0.1", interfaces=("eth0",), probe_port=taken.getsockname()[1], delivery="none"
+        )
+        api: Any = DownManager()
+        runtime = lb_mod.LbRuntime(settings, api=api, clock=fake_clock.FakeClock(), registry=metrics.Registry())
+        for _ in range(2):
+            with pytest.raises(errors.InvalidArgument):
+                await runtime.start()
+            assert runtime.membership is None and runtime.announcer is None
+    finally:
+        taken.close()
+    await runtime.start()  # the port is free now
+    assert runtime.membership is not None and runtime.announcer is not None
+    await runtime.close()

@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--lb",
         choices=("auto", "on", "off"),
         default="auto",
-        help="run the LB runtime: auto = when root (raw sockets, nftables), on = always, off = never",
+        help="run the LB runtime (ARP/NDP, DNAT, BGP): auto = when root and --interface is given, on = always "
+        "(BGP-only nodes), off = never",
     )
     lb.add_argument(
         "--interface", action="append", default=[], help="answer ARP/NDP for VIPs on this interface (repeatable)"
@@ -60,6 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lb.add_argument("--bgp-next-hop-v6", type=ipaddress.IPv6Address, default=None, help="IPv6 next hop (auto)")
     lb.add_argument("--lb-probe-port", type=int, default=lb_mod.DEFAULT_PROBE_PORT, help="UDP membership port")
     lb.add_argument("--lb-probe-interval", type=float, default=0.1, help="seconds between membership probes")
+    lb.add_argument("--lb-probe-timeout", type=float, default=None, help="a silent node is down after (3 intervals)")
     lb.add_argument("--lb-delivery", choices=("auto", "nft", "proxy", "none"), default="auto", help="VIP data path")
     parser.set_defaults(func=_run)
 
@@ -147,10 +149,13 @@ def _lb_runtime(
     api: client_mod.AsyncClient,
     registry: metrics.Registry,
 ) -> lb_mod.LbRuntime | None:
-    """The LB runtime, or None when --lb says so (auto: only as root, which raw sockets and nftables need)."""
-    if args.lb == "off" or (args.lb == "auto" and os.geteuid() != 0):
-        if args.lb == "auto":
-            log.info("no LB announcements from this node %s", logs.kv(node=args.node, reason="not root"))
+    """The LB runtime, or None when --lb says so. auto: only as root (raw sockets, nftables) and with an
+    --interface, so an agent started without one never touches the host's nftables or ARP."""
+    if args.lb == "off":
+        return None
+    if args.lb == "auto" and (os.geteuid() != 0 or not args.interface):
+        why = "not root" if os.geteuid() != 0 else "no --interface (use --lb on for BGP only)"
+        log.info("no LB announcements from this node %s", logs.kv(node=args.node, reason=why))
         return None
     lb_settings = lb_mod.LbSettings(
         node=args.node,
@@ -160,6 +165,7 @@ def _lb_runtime(
         next_hop_v6=args.bgp_next_hop_v6,
         probe_port=args.lb_probe_port,
         probe_interval=args.lb_probe_interval,
+        probe_timeout=args.lb_probe_timeout,
         delivery=args.lb_delivery,
         tags=settings.tags,
         zone=settings.zone,

@@ -56,6 +56,7 @@ class LbSettings:
     next_hop_v6: ipaddress.IPv6Address | None = None  # for IPv6 VIPs over IPv4 sessions
     probe_port: int = DEFAULT_PROBE_PORT
     probe_interval: float = membership_mod.DEFAULT_INTERVAL
+    probe_timeout: float | None = None  # None: three intervals
     refresh_interval: float = 1.0
     delivery: str = "auto"  # auto | nft | proxy | none
     health_interval: float = 1.0
@@ -142,27 +143,30 @@ class LbRuntime:
 
     # -- life cycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Open the probe socket and start delivery; safe to call again after a failure (nothing leaks)."""
         s = self.settings
-        if s.delivery != "none":
+        if s.interfaces and self.membership is None:
+            probe = membership_mod.Settings(interval=s.probe_interval, timeout=s.probe_timeout)
+            fresh = membership_mod.Membership(s.node, clock=self._clock, settings=probe)
+            await fresh.start((s.listen_ip, s.probe_port))  # first: a taken port fails before anything runs
+            self.membership = fresh
+        if s.delivery != "none" and self.delivery is None:
             self.delivery = delivery_mod.Delivery(
                 mode=delivery_mod.Mode(s.delivery), health=delivery_mod.HealthSettings(interval=s.health_interval)
             )
             await self.delivery.start()
-        if s.interfaces:
-            probe = membership_mod.Settings(interval=s.probe_interval)
-            self.membership = membership_mod.Membership(s.node, clock=self._clock, settings=probe)
-            self.announcer = announcer_mod.Announcer(
+        membership = self.membership
+        if membership is not None and self.announcer is None:
+            announcer = self.announcer = announcer_mod.Announcer(
                 election.Node(s.node, interfaces=s.interfaces),
                 delivery=self.delivery,
                 clock=self._clock,
-                holdoff=probe.window,
+                holdoff=membership.state.settings.window,
                 open_responder=self._open_responder,
                 link_is_up=self._link_is_up,
             )
-            membership, announcer = self.membership, self.announcer
             membership.on_change = lambda healthy: announcer.on_membership(healthy, ready=membership.ready())
             membership.on_tick = lambda: announcer.on_membership(membership.healthy(), ready=membership.ready())
-            await membership.start((s.listen_ip, s.probe_port))
         self._started = True
         log.info(
             "lb runtime started %s",
