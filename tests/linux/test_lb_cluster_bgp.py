@@ -222,12 +222,24 @@ def test_http_from_the_router_reaches_the_backends_through_any_node(lab: tuple[u
     uplab.wait_for(lambda: get(vip6) in {"node-1", "node-2"}, timeout=20, what=f"HTTP to [{vip6}]")
 
 
+def test_sigkill_of_an_agent_drops_its_next_hop_after_the_hold_time(lab: tuple[uplab.Cluster, Frr]) -> None:
+    cluster, frr = lab
+    vip4, _ = vips(cluster)
+    uplab.wait_for(lambda: len(frr.kernel_next_hops(f"{vip4}/32")) == 3, timeout=30, what="three next hops")
+    os.kill(cluster.agent_pid("node-3"), signal.SIGKILL)
+    rest = {uplab.node_ip("node-1"), uplab.node_ip("node-2")}
+    uplab.wait_for(lambda: frr.kernel_next_hops(f"{vip4}/32") == rest, timeout=20, what="node-3's next hop gone")
+    uplab.wait_for(
+        lambda: cluster.announcers("shop/api", "bgp") == ["node-1", "node-2"], timeout=20, what="lb services"
+    )
+
+
 def test_delete_of_the_service_withdraws_the_routes(lab: tuple[uplab.Cluster, Frr]) -> None:
     cluster, frr = lab
     vip4, vip6 = vips(cluster)
-    uplab.wait_for(lambda: len(frr.paths(f"{vip4}/32")) == 3, timeout=30, what="three paths before the delete")
+    uplab.wait_for(lambda: frr.paths(f"{vip4}/32"), timeout=30, what="paths before the delete")
     cluster.apply(SERVICE, delete=True)
     for vip in (f"{vip4}/32", f"{vip6}/128"):
         uplab.wait_for(lambda v=vip: not frr.paths(v), timeout=20, what=f"{vip} withdrawn from FRR's table")
         uplab.wait_for(lambda v=vip: not frr.kernel_next_hops(v), timeout=10, what=f"{vip} gone from the kernel")
-    assert frr.established() >= {uplab.node_ip(n) for n in uplab.NODES}  # withdrawn, the sessions stay up
+    assert frr.established() >= {uplab.node_ip("node-1"), uplab.node_ip("node-2")}  # the sessions stay up

@@ -187,7 +187,7 @@ def test_http_to_the_vip_reaches_the_backends_and_survives_a_stopped_endpoint(cl
 
 
 def _failover(cluster: uplab.Cluster, fail: str) -> tuple[str, str]:
-    vip4, _ = vips(cluster)
+    vip4, vip6 = vips(cluster)
     old = uplab.wait_for(lambda: owner(cluster, vip4), timeout=20, what="a single owner")
     recovers(cluster, vip4)
     with capture(cluster, f"failover-{fail}") as pcap:
@@ -199,6 +199,7 @@ def _failover(cluster: uplab.Cluster, fail: str) -> tuple[str, str]:
             lambda: (o := owner(cluster, vip4)) not in (None, old) and o, timeout=20, what="another node answering"
         )
         recovers(cluster, vip4)  # the client's cache was not flushed: the gratuitous ARP moved it
+        recovers(cluster, vip6)  # likewise the unsolicited NA (whichever node owns the IPv6 VIP now)
     lines = pcap_lines(pcap)
     assert garp_from(lines, cluster.mac(new), vip4), "\n".join(lines)
     uplab.wait_for(
