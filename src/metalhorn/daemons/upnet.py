@@ -117,6 +117,12 @@ class Network:
         if stale:
             listed = _ip("netns", "list", check=False).stdout.split("\n")
             names |= {line.split()[0] for line in listed if line.startswith(PREFIX) and line.split()}
+            busy = sorted(name for name in names if _ip("netns", "pids", name, check=False).stdout.strip())
+            if busy:
+                raise errors.AlreadyExists(
+                    f"network namespace {busy[0]} has running processes: another `metalhorn up --netns` is "
+                    "running here; stop it first (one --netns cluster per machine)"
+                )
         elif not self._created:
             return
         for name in sorted(names):
