@@ -105,7 +105,10 @@ def test_vips_fold_into_one_aggregate_and_communities_merge() -> None:
         routes.Route(ipaddress.ip_network("198.19.0.0/24"), communities=(2,), local_pref=20),
     )
     assert merged.communities == (1, 2) and merged.local_pref == 20
-    assert routes.pool_of(config, OTHER) == "other" and routes.pool_of(config, ipaddress.ip_address("198.19.255.1")) is None
+    assert (
+        routes.pool_of(config, OTHER) == "other"
+        and routes.pool_of(config, ipaddress.ip_address("198.19.255.1")) is None
+    )
 
 
 def test_session_config_from_a_bgp_peer() -> None:
