@@ -154,6 +154,14 @@ class FaultVolume(harness.LocalVolume):
         busy = [p for p in info.get("rebuilds", []) if p["state"] in ("starting", "copying")]
         return len(modes) == self.replica_count and set(modes) == {"RW"} and not busy
 
+    def lost_every_replica(self) -> bool:
+        """No replica is RW: the engine cannot heal itself (auto-rebuild needs a healthy source)."""
+        try:
+            info = self.request({"op": "info"}, timeout=5)
+        except (errors.MetalhornError, OSError):
+            return False
+        return not any(r["mode"] == "RW" for r in info["replicas"])
+
     def mode(self, index: int) -> str:
         try:
             info = self.request({"op": "info"}, timeout=5)
@@ -252,6 +260,9 @@ class Summary:
     write_errors: int = 0  # writes the client saw fail (never acknowledged, so allowed)
     # client-visible write errors by the kind of fault of their round: only an engine kill should cause any
     write_errors_by_fault: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    # Engine restarts because every replica had gone ERR at once (a host-wide stall longer than the replica
+    # timeout): the restarted engine picks the newest consistent replicas, as Longhorn's auto-salvage does.
+    salvages: list[str] = dataclasses.field(default_factory=list)
     checked_blocks: int = 0  # blocks whose last acknowledged write was read back (per check, from 4 sources)
     lost: list[str] = dataclasses.field(default_factory=list)
     round_seconds: list[float] = dataclasses.field(default_factory=list)
@@ -306,7 +317,7 @@ class FaultRunner:
             except subprocess.TimeoutExpired:
                 writer.kill()
                 writer.wait(timeout=10)
-        self.heal()
+        self.heal(f"round {number} ({kind} {detail})")
         record = acked.read_record(self.record_path)
         problems = check_all(self.volume, record, self.scratch / "export.img")
         summary = self.summary
@@ -368,10 +379,25 @@ class FaultRunner:
     def _wait_err(self, index: int, *, timeout: float = 20) -> None:
         harness.wait_until(lambda: self.volume.mode(index) == "ERR", timeout=timeout, what=f"replica {index} ERR")
 
-    def heal(self) -> None:
-        """Wait for auto-rebuild to bring every replica back to RW, then fold system and removed snapshots away."""
+    def heal(self, label: str) -> None:
+        """Wait for auto-rebuild to bring every replica back to RW, then fold system and removed snapshots away.
+
+        Should every replica have gone ERR, restart the engine once (salvage) and record it in the summary.
+        """
         volume = self.volume
-        harness.wait_until(volume.healthy, timeout=self.heal_timeout, what="every replica RW", interval=0.2)
+        harness.wait_until(
+            lambda: volume.healthy() or volume.lost_every_replica(),
+            timeout=self.heal_timeout,
+            what="every replica RW",
+            interval=0.2,
+        )
+        if not volume.healthy() and volume.lost_every_replica():
+            self.summary.salvages.append(label)
+            self.say(f"{label}: every replica ERR, restarting the engine (salvage)")
+            assert volume.engine is not None
+            volume.engine.stop()
+            volume.start_engine()
+            harness.wait_until(volume.healthy, timeout=self.heal_timeout, what="every replica RW after salvage")
         listing = volume.request({"op": "snapshot.ls"})
         for snap in _snapshots(listing):
             if snap.get("user_created") and not snap.get("removed"):
