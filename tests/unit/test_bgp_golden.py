@@ -1,4 +1,5 @@
-"""Golden wire bytes for every BGP message type, and decoding of hand-written captures."""
+"""Golden wire bytes for every BGP message type, and decoding of hand-written "captures" (data/bgp/handwritten/:
+written by hand after what routers send, not recorded; the real recordings are tested in test_bgp_captured.py)."""
 
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def test_as4_open_layout_by_hand() -> None:
 
 
 def test_frr_open_capture() -> None:
-    message = codec.decode_one(bgp_hex.read_hex("capture_frr_open.hex"))
+    message = codec.decode_one(bgp_hex.read_hex("handwritten/capture_frr_open.hex"))
     assert isinstance(message, open_message.Open)
     assert (message.asn, message.my_as, message.hold_time) == (65001, 65001, 180)
     assert message.bgp_id == ipaddress.IPv4Address("198.18.0.1")
@@ -163,15 +164,15 @@ def test_frr_open_capture() -> None:
 
 
 def test_single_parameter_open_capture() -> None:
-    message = codec.decode_one(bgp_hex.read_hex("capture_open_single_param.hex"))
+    message = codec.decode_one(bgp_hex.read_hex("handwritten/capture_open_single_param.hex"))
     assert isinstance(message, open_message.Open)
     assert (message.my_as, message.asn, message.hold_time) == (open_message.AS_TRANS, 4200000001, 90)
     assert message.families() == {(1, 1), (2, 1)}
-    assert codec.encode(message) == bgp_hex.read_hex("capture_open_single_param.hex")
+    assert codec.encode(message) == bgp_hex.read_hex("handwritten/capture_open_single_param.hex")
 
 
 def test_frr_ipv4_update_capture() -> None:
-    message = codec.decode_one(bgp_hex.read_hex("capture_frr_update_ipv4.hex"))
+    message = codec.decode_one(bgp_hex.read_hex("handwritten/capture_frr_update_ipv4.hex"))
     assert isinstance(message, update.Update)
     a = message.attributes
     assert a.origin == attrs.Origin.IGP
@@ -184,7 +185,7 @@ def test_frr_ipv4_update_capture() -> None:
 
 
 def test_frr_ipv6_update_capture() -> None:
-    message = codec.decode_one(bgp_hex.read_hex("capture_frr_update_ipv6.hex"))
+    message = codec.decode_one(bgp_hex.read_hex("handwritten/capture_frr_update_ipv6.hex"))
     assert isinstance(message, update.Update)
     reach = message.attributes.mp_reach
     assert reach is not None
@@ -194,14 +195,14 @@ def test_frr_ipv6_update_capture() -> None:
 
 
 def test_end_of_rib_captures() -> None:
-    v6 = codec.decode_one(bgp_hex.read_hex("capture_end_of_rib_ipv6.hex"))
+    v6 = codec.decode_one(bgp_hex.read_hex("handwritten/capture_end_of_rib_ipv6.hex"))
     assert isinstance(v6, update.Update) and v6.is_end_of_rib
     assert v6 == update.end_of_rib(nlri.Afi.IPV6)
     assert update.end_of_rib(nlri.Afi.IPV4).is_end_of_rib
 
 
 def test_shutdown_notification_capture() -> None:
-    message = codec.decode_one(bgp_hex.read_hex("capture_notification_shutdown.hex"))
+    message = codec.decode_one(bgp_hex.read_hex("handwritten/capture_notification_shutdown.hex"))
     assert message == simple.Notification(6, 2, b"\x0bmaintenance")
     assert isinstance(message, simple.Notification)
     assert message.describe() == "CEASE/ADMINISTRATIVE_SHUTDOWN"

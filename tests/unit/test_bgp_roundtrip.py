@@ -208,7 +208,11 @@ def test_random_bytes_raise_only_bgp_error(data: bytes, four_octet_as: bool) -> 
 
 
 @settings(max_examples=300)
-@given(st.sampled_from(sorted(p.name for p in bgp_hex.DATA.glob("*.hex"))), st.data(), st.booleans())
+@given(
+    st.sampled_from(sorted(str(p.relative_to(bgp_hex.DATA)) for p in bgp_hex.DATA.rglob("*.hex"))),
+    st.data(),
+    st.booleans(),
+)
 def test_mutated_messages_raise_only_bgp_error(name: str, data: st.DataObject, four_octet_as: bool) -> None:
     wire = bytearray(bgp_hex.read_hex(name))
     for _ in range(data.draw(st.integers(1, 4))):
