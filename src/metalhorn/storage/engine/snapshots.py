@@ -74,9 +74,11 @@ class History:
         user_created = bool(request.get("user_created", True))
         async with self._lock:
             self._refuse_while_rebuilding("create a snapshot")
+            await self._drain()
             ok = await self._everywhere(
                 {"op": "snap.create", "name": name, "labels": labels, "user_created": user_created},
                 what=f"snapshot {name}",
+                timeout=engine_mod.FLUSH_TIMEOUT,
             )
         log.info("%s", logs.kv(volume=self.engine.volume, event="snapshot", name=name, replicas=len(ok)))
         return {"name": name, "replicas": sorted(ok)}
@@ -239,7 +241,28 @@ class History:
         if rebuilding:
             raise errors.Conflict(f"cannot {what} while replica {', '.join(rebuilding)} is rebuilding; retry after")
 
-    async def _everywhere(self, request: dict[str, Any], *, what: str) -> dict[str, dict[str, Any]]:
+    async def _drain(self, *, rounds: int = 3, quick: float = 1.0) -> None:
+        """Flush every replica before a snapshot cuts its head (writes keep flowing meanwhile).
+
+        A replica's snapshot fsyncs the head while every write behind it on the wire waits, each with the normal
+        replica timeout; after a burst of writes that fsync takes seconds, so the writes timed out and every replica
+        went ERR at once. Flushed first, the snapshot's own fsync covers only what arrived since (flush again while
+        a flush is slow, a few times at most).
+        """
+        loop = asyncio.get_running_loop()
+        for _ in range(rounds):
+            started = loop.time()
+            await self.engine.flush()
+            if loop.time() - started < quick:
+                return
+
+    async def _everywhere(
+        self,
+        request: dict[str, Any],
+        *,
+        what: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - deadline of this request on each replica
+    ) -> dict[str, dict[str, Any]]:
         """Send one CONTROL request to every RW and WO replica in one synchronous step (see the module docstring)."""
         replicas = self._targets()
         loop = asyncio.get_running_loop()
@@ -248,7 +271,7 @@ class History:
         for replica in replicas:
             future: asyncio.Future[codec.Frame] = loop.create_future()
             assert replica.client is not None
-            replica.client.send(codec.FrameType.CONTROL, 0, 0, _complete, future, payload=payload)
+            replica.client.send(codec.FrameType.CONTROL, 0, 0, _complete, future, payload=payload, timeout=timeout)
             futures.append(future)
         await asyncio.wait(futures)
         ok: dict[str, dict[str, Any]] = {}

@@ -175,13 +175,15 @@ class ReplicaClient(asyncio.Protocol):
         payload: Payload | None = None,
         fua: bool = False,
         no_hole: bool = False,
+        timeout: float | None = None,  # this request's deadline, for slow ops (FLUSH)
     ) -> None:
         """Queue one request; `callback(arg, frame, None)` or `callback(arg, None, error)` runs on completion.
 
         The callback may run before send() returns when the client has already failed.
         """
         flags = (_FUA if fua else 0) | (_NO_HOLE if no_hole else 0)
-        self._request(int(kind), flags, offset, len(payload) if payload else length, payload, callback, arg)
+        length = len(payload) if payload else length
+        self._request(int(kind), flags, offset, length, payload, callback, arg, timeout=timeout)
 
     def submit_read(self, offset: int, length: int) -> asyncio.Future[codec.Frame]:
         return self._future(_READ, 0, offset, length, None)

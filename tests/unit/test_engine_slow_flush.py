@@ -1,0 +1,100 @@
+"""A slow fsync is not a dead replica: FLUSH and snapshot requests get a long deadline, and a snapshot flushes first.
+
+Found by bench/snapshot_latency: after 20 s of 4 KiB random writes a FLUSH took 8.6 s (the default replica timeout
+is 8 s), and the first snapshot under load timed out on all three replicas at once -- every replica ERR, fio EIO.
+Here a fake replica answers FLUSH (and snap.create) only after many request timeouts; writes and pings at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+from engine_fake_replica import FakeReplica
+
+from metalhorn.storage.engine import engine as engine_mod
+from metalhorn.storage.engine import snapshots
+from metalhorn.storage.wire import codec
+
+SIZE = 1 << 20
+TIMEOUT = 0.05  # the engine's per-request replica timeout in these tests
+SLOW = 0.3  # a flush takes six timeouts
+T = codec.FrameType
+
+
+class SlowSyncReplica(FakeReplica):
+    """Answers FLUSH and snap.create after SLOW seconds (an fsync of a big backlog); everything else at once."""
+
+    def handle(self, frame: codec.Frame) -> codec.Frame | None:
+        slow = frame.type == T.FLUSH
+        if frame.type == T.CONTROL:
+            request = json.loads(frame.payload)
+            if request.get("op") == "snap.create":
+                self.log.append(("snap.create", 0, 0))
+                slow = True
+        if not slow:
+            return super().handle(frame)
+        if frame.type == T.FLUSH:
+            self.log.append(("FLUSH", 0, 0))
+        reply = frame.reply(payload=b"{}") if frame.type == T.CONTROL else frame.reply()
+        loop = asyncio.get_running_loop()
+        loop.call_later(SLOW, self._reply, reply)
+        return None
+
+    def _reply(self, reply: codec.Frame) -> None:
+        for conn in self.connections:
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.write(codec.encode(reply))
+
+
+@contextlib.asynccontextmanager
+async def volume() -> AsyncIterator[tuple[engine_mod.Engine, list[SlowSyncReplica]]]:
+    replicas = [SlowSyncReplica(SIZE) for _ in range(3)]
+    try:
+        for replica in replicas:
+            await replica.start()
+        engine = await engine_mod.Engine.open(
+            volume="vol", size=SIZE, addresses=[r.address for r in replicas], timeout=TIMEOUT
+        )
+        try:
+            yield engine, replicas
+        finally:
+            engine.close()
+            await asyncio.wait_for(engine.wait_closed(), 2)
+    finally:
+        for replica in replicas:
+            await replica.stop()
+
+
+def modes(engine: engine_mod.Engine) -> list[str]:
+    return [r.mode.value for r in engine.replicas]
+
+
+async def test_a_slow_flush_keeps_every_replica_rw() -> None:
+    async with volume() as (engine, _replicas):
+        await engine.write(0, b"a" * 4096)
+        await engine.flush()  # six request timeouts long
+        assert modes(engine) == ["RW", "RW", "RW"]
+        await engine.ping()  # liveness still has the short deadline, and they are alive
+        assert modes(engine) == ["RW", "RW", "RW"]
+
+
+async def test_a_silent_replica_still_goes_err_through_the_ping() -> None:
+    async with volume() as (engine, replicas):
+        replicas[1].silent = True
+        await engine.ping()
+        assert modes(engine) == ["RW", "ERR", "RW"]
+
+
+async def test_snapshot_flushes_every_replica_first_and_waits_for_a_slow_cut() -> None:
+    async with volume() as (engine, replicas):
+        history = snapshots.History(engine, frontend_up=lambda: True)
+        await engine.write(0, b"b" * 4096)
+        result = await history.create({"name": "s1"})
+        assert sorted(result["replicas"]) == sorted(r.address for r in replicas)
+        assert modes(engine) == ["RW", "RW", "RW"]
+        for replica in replicas:
+            names = [name for name, _offset, _length in replica.log]
+            assert "FLUSH" in names and names.index("FLUSH") < names.index("snap.create"), names
