@@ -99,6 +99,38 @@ spec:
     return "\n---\n".join(docs) + "\n"
 
 
+# GoBGP learned FRR 8.3's ZAPI interface messages (16-byte IFNAMSIZ names instead of 20) in v3.18.0, commit
+# 5f01c74a "Accommodate FRRouting interfaceNameSize changes". Older gobgpd misreads every ZEBRA_INTERFACE_ADD
+# from such a zebra and panics on the loopback's (hw_addr_len 0): "slice bounds out of range [:4] with
+# capacity 1" in zebra.(*interfaceUpdateBody).decodeFromBytes, and the whole gobgpd process exits.
+GOBGP_ZAPI_FRR83 = (3, 18, 0)
+FRR_SHORT_IFNAMES = (8, 3, 0)
+
+
+def tool_version(cmd: list[str]) -> tuple[int, ...]:
+    """The first dotted version number ``cmd`` prints (``gobgpd --version``, ``zebra --version``)."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    if not m:
+        raise RuntimeError(f"no version in {cmd}: {out!r}")
+    return tuple(int(g or 0) for g in m.groups())
+
+
+def gobgp_zebra_problem() -> str | None:
+    """Why gobgpd cannot install routes through this machine's FRR zebra, or None when it can."""
+    zebra = pathlib.Path("/usr/lib/frr/zebra")
+    if not zebra.exists():
+        return "no FRR zebra (/usr/lib/frr/zebra)"
+    gobgpd = tool_version(["gobgpd", "--version"])
+    frr = tool_version([str(zebra), "--version"])
+    if gobgpd < GOBGP_ZAPI_FRR83 and frr >= FRR_SHORT_IFNAMES:
+        return (
+            f"gobgpd {'.'.join(map(str, gobgpd))} cannot parse FRR {'.'.join(map(str, frr))} zebra's "
+            "ZAPI interface messages (IFNAMSIZ names since FRR 8.3; GoBGP handles them from 3.18.0) and panics"
+        )
+    return None
+
+
 class Lab:
     def __init__(self, router: str, *, tag: str, node_asn: int) -> None:
         self.router = router
@@ -110,6 +142,7 @@ class Lab:
         self.namespaces: list[str] = []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.pids: list[int] = []  # daemons that fork (FRR -d, BIRD): killed by pid file
+        self.gobgp_zebra = False  # gobgpd installs routes through zebra (set by _start_gobgp)
 
     # -- names -------------------------------------------------------------------------------------------
 
@@ -233,6 +266,19 @@ class Lab:
                 lines.append(f"  neighbor {address} activate")
             lines.append(" exit-address-family")
         conf.write_text("\n".join(lines) + "\n")
+        rundir = self._start_zebra(conf)
+        name = self.r
+        common = ["-N", name, "-f", str(conf), "-d"]
+        run("/usr/lib/frr/bgpd", *common, "-S", "-i", str(rundir / "bgpd.pid"), ns=name)
+        self._pidfile(rundir / "bgpd.pid")
+        wait_for(lambda: self.vtysh("show bgp summary json"), timeout=10, what="FRR vty")
+
+    def _start_zebra(self, conf: pathlib.Path) -> pathlib.Path:
+        """FRR's zebra in the router namespace with its own pathspace; returns its run directory.
+
+        zebra runs as user ``frr`` (as root it refuses: not in group frrvty) and listens for route clients --
+        FRR's bgpd or gobgpd -- on ``<rundir>/zserv.api``.
+        """
         subprocess.run(["chown", "-R", "frr:frr", str(self.dir)], check=True)
         name = self.r
         rundir = pathlib.Path("/var/run/frr") / name
@@ -241,9 +287,8 @@ class Lab:
         common = ["-N", name, "-f", str(conf), "-d"]
         run("/usr/lib/frr/zebra", *common, "-u", "frr", "-g", "frr", "-i", str(rundir / "zebra.pid"), ns=name)
         self._pidfile(rundir / "zebra.pid")
-        run("/usr/lib/frr/bgpd", *common, "-S", "-i", str(rundir / "bgpd.pid"), ns=name)
-        self._pidfile(rundir / "bgpd.pid")
-        wait_for(lambda: self.vtysh("show bgp summary json"), timeout=10, what="FRR vty")
+        wait_for((rundir / "zserv.api").exists, timeout=10, what="zebra's zserv.api socket")
+        return rundir
 
     def vtysh(self, command: str) -> Any:
         out = run("vtysh", "--vty_socket", f"/var/run/frr/{self.r}", "-c", command, ns=self.r)
@@ -279,7 +324,18 @@ class Lab:
         return run("birdc", "-s", self.bird_socket, *command.split(), ns=self.r, check=False)  # 1: no route
 
     def _start_gobgp(self) -> None:
-        conf = self.dir / "gobgpd.toml"
+        """gobgpd, with FRR's zebra beside it when gobgpd's ZAPI client can talk to this zebra.
+
+        gobgpd alone installs no kernel routes. GoBGP's own answer (docs/sources/zebra.md, zebra-multipath.md)
+        is its ``[zebra]`` client: gobgpd hands best paths to an FRR zebra over ZAPI and zebra programs the
+        kernel; with ``use-multiple-paths`` every equal path goes in one ZEBRA_ROUTE_ADD, so the kernel gets a
+        multipath route. ``software-name`` tells gobgpd which FRR's ZAPI 6 dialect to speak (FRR 8.2 renumbered
+        the commands, 8.3 shortened interface names). No redistribution: GoBGP's RIB holds only what the
+        speakers announce.
+
+        Where that pairing cannot work (see ``gobgp_zebra_problem``), gobgpd runs alone and
+        ``install_gobgp_best_path`` puts its chosen path into the kernel instead.
+        """
         parts = [
             "[global.config]",
             f"  as = {ROUTER_ASN}",
@@ -288,6 +344,20 @@ class Lab:
             "[global.use-multiple-paths.config]",
             "  enabled = true",
         ]
+        self.gobgp_zebra = gobgp_zebra_problem() is None
+        if self.gobgp_zebra:
+            zebra_conf = self.dir / "zebra.conf"
+            zebra_conf.write_text("hostname mh-lab-zebra\n")
+            rundir = self._start_zebra(zebra_conf)
+            major, minor = tool_version(["/usr/lib/frr/zebra", "--version"])[:2]
+            parts += [
+                "[zebra.config]",
+                "  enabled = true",
+                f'  url = "unix:{rundir / "zserv.api"}"',
+                "  version = 6",
+                f'  software-name = "frr{major}.{minor}"',
+                "  redistribute-route-type-list = []",
+            ]
         for address, password in self._neighbors():
             parts += [
                 "[[neighbors]]",
@@ -308,6 +378,7 @@ class Lab:
             for family in ("ipv4-unicast", "ipv6-unicast"):
                 parts += ["  [[neighbors.afi-safis]]", "    [neighbors.afi-safis.config]"]
                 parts.append(f'      afi-safi-name = "{family}"')
+        conf = self.dir / "gobgpd.toml"
         conf.write_text("\n".join(parts) + "\n")
         self._spawn("gobgpd", ["gobgpd", "-f", str(conf), "-t", "toml", "--api-hosts", "127.0.0.1:50051"], ns=self.r)
         wait_for(lambda: run("gobgp", "neighbor", "-j", ns=self.r), timeout=10, what="gobgpd API")
@@ -430,6 +501,36 @@ class Lab:
                     )
             out.append(entry)
         return out
+
+    @property
+    def router_programs_kernel(self) -> bool:
+        """True when the router daemon itself installs its BGP routes in the kernel (FRR, BIRD, GoBGP+zebra)."""
+        return self.router != "gobgp" or self.gobgp_zebra
+
+    def gobgp_best_next_hop(self, prefix: str) -> str | None:
+        """The next hop of the path gobgpd marks best for ``prefix`` (None when it has none)."""
+        family = "ipv6" if ":" in prefix else "ipv4"
+        data = json.loads(run("gobgp", "global", "rib", "-a", family, prefix, "-j", ns=self.r) or "{}")
+        paths = [p for p in next(iter(data.values()), []) if p.get("best")] if data else []
+        for attr in paths[0].get("attrs", []) if paths else []:
+            if attr.get("type") in (3, 14):  # NEXT_HOP, MP_REACH_NLRI
+                return str(attr["nexthop"])
+        return None
+
+    def install_gobgp_best_path(self, prefix: str) -> str:
+        """Put gobgpd's best path for ``prefix`` into the router's kernel (``proto bgp``); returns its next hop.
+
+        Only for a gobgpd that cannot reach zebra (``gobgp_zebra_problem``): the lab plays the FIB agent that
+        GoBGP users without zebra run on its API, with one route -- the path GoBGP itself chose, not our pick.
+        """
+        hop = wait_for(lambda: self.gobgp_best_next_hop(prefix), timeout=10, what=f"GoBGP best path for {prefix}")
+        family = "-6" if ":" in prefix else "-4"
+        run("ip", family, "route", "replace", prefix, "via", hop, "proto", "bgp", ns=self.r)
+        return str(hop)
+
+    def remove_kernel_route(self, prefix: str) -> None:
+        family = "-6" if ":" in prefix else "-4"
+        run("ip", family, "route", "del", prefix, ns=self.r, check=False)
 
     def kernel_next_hops(self, prefix: str) -> set[str]:
         """Gateways of the router's kernel route for ``prefix`` (several when ECMP)."""
