@@ -25,28 +25,42 @@ T = codec.FrameType
 
 
 class SlowSyncReplica(FakeReplica):
-    """Answers FLUSH and snap.create after SLOW seconds (an fsync of a big backlog); everything else at once."""
+    """Answers FLUSH and snap.create after SLOW seconds (an fsync of a big backlog); everything else at once.
+
+    Like the real replica, frames that arrive while a snapshot cuts the head wait for the cut (FLUSH does not block
+    the stream: it runs in a worker thread there).
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.cutting = False
+        self.behind_cut: list[codec.Frame] = []
 
     def handle(self, frame: codec.Frame) -> codec.Frame | None:
-        slow = frame.type == T.FLUSH
-        if frame.type == T.CONTROL:
-            request = json.loads(frame.payload)
-            if request.get("op") == "snap.create":
-                self.log.append(("snap.create", 0, 0))
-                slow = True
-        if not slow:
-            return super().handle(frame)
+        if self.cutting:
+            self.behind_cut.append(frame)
+            return None
+        if frame.type == T.CONTROL and json.loads(frame.payload).get("op") == "snap.create":
+            self.log.append(("snap.create", 0, 0))
+            self.cutting = True
+            asyncio.get_running_loop().call_later(SLOW, self._cut_done, frame.reply(payload=b"{}"))
+            return None
         if frame.type == T.FLUSH:
             self.log.append(("FLUSH", 0, 0))
-        reply = frame.reply(payload=b"{}") if frame.type == T.CONTROL else frame.reply()
-        loop = asyncio.get_running_loop()
-        loop.call_later(SLOW, self._reply, reply)
-        return None
+            asyncio.get_running_loop().call_later(SLOW, self._send, [frame.reply()])
+            return None
+        return super().handle(frame)
 
-    def _reply(self, reply: codec.Frame) -> None:
+    def _cut_done(self, reply: codec.Frame) -> None:
+        self.cutting = False
+        waiting, self.behind_cut = self.behind_cut, []
+        replies = [reply] + [answer for frame in waiting if (answer := self.handle(frame)) is not None]
+        self._send(replies)
+
+    def _send(self, replies: list[codec.Frame]) -> None:
         for conn in self.connections:
             if conn.transport is not None and not conn.transport.is_closing():
-                conn.transport.write(codec.encode(reply))
+                conn.transport.writelines([codec.encode(reply) for reply in replies])
 
 
 @contextlib.asynccontextmanager
@@ -98,3 +112,18 @@ async def test_snapshot_flushes_every_replica_first_and_waits_for_a_slow_cut() -
         for replica in replicas:
             names = [name for name, _offset, _length in replica.log]
             assert "FLUSH" in names and names.index("FLUSH") < names.index("snap.create"), names
+
+
+async def test_writes_during_a_slow_cut_wait_in_the_engine_not_on_the_wire() -> None:
+    async with volume() as (engine, replicas):
+        history = snapshots.History(engine, frontend_up=lambda: True)
+        create = asyncio.create_task(history.create({"name": "s2"}))
+        for _ in range(200):  # bounded: until every replica is cutting (after the flush that precedes the cut)
+            if all(r.cutting for r in replicas):
+                break
+            await asyncio.sleep(0.01)
+        assert all(r.cutting for r in replicas)
+        await engine.write(4096, b"c" * 4096)  # on the wire now it would wait SLOW, six request timeouts
+        await create
+        assert modes(engine) == ["RW", "RW", "RW"]
+        assert all(bytes(r.data[4096:8192]) == b"c" * 4096 for r in replicas)

@@ -4,7 +4,9 @@ The snapshot point. The engine puts a write on every replica's wire in the calle
 anything, and each replica executes frames in arrival order. `create` puts its ``snap.create`` CONTROL frame on
 every RW and WO replica's wire in one synchronous step, so each replica cuts its head at the same point of the
 write stream: writes queued before are in the snapshot everywhere, writes after are in the new head everywhere.
-That is the quiesce Longhorn gets from a lock around its backends, without stopping I/O.
+Writes are held in the engine while the replicas cut (reads go on): a cut fsyncs the head, which under heavy writes
+takes longer than the replica timeout, and writes queued on the wire behind it would time out everywhere at once.
+The replicas are flushed first, with writes flowing, so the hold covers only what arrived since.
 
 Failures: a replica that fails an operation that succeeded elsewhere has a different chain (or size) from the
 others, so it goes ERR and is rebuilt; when every replica fails, the error goes to the caller and nobody moves.
@@ -75,11 +77,14 @@ class History:
         async with self._lock:
             self._refuse_while_rebuilding("create a snapshot")
             await self._drain()
-            ok = await self._everywhere(
-                {"op": "snap.create", "name": name, "labels": labels, "user_created": user_created},
-                what=f"snapshot {name}",
-                timeout=engine_mod.FLUSH_TIMEOUT,
-            )
+            # New writes wait in the engine (no replica deadline runs there) while each replica syncs and cuts its
+            # head; on the wire they would queue behind the cut and time out on every replica at once.
+            async with self.engine.hold_writes():
+                ok = await self._everywhere(
+                    {"op": "snap.create", "name": name, "labels": labels, "user_created": user_created},
+                    what=f"snapshot {name}",
+                    timeout=engine_mod.FLUSH_TIMEOUT,
+                )
         log.info("%s", logs.kv(volume=self.engine.volume, event="snapshot", name=name, replicas=len(ok)))
         return {"name": name, "replicas": sorted(ok)}
 
@@ -244,10 +249,9 @@ class History:
     async def _drain(self, *, rounds: int = 3, quick: float = 1.0) -> None:
         """Flush every replica before a snapshot cuts its head (writes keep flowing meanwhile).
 
-        A replica's snapshot fsyncs the head while every write behind it on the wire waits, each with the normal
-        replica timeout; after a burst of writes that fsync takes seconds, so the writes timed out and every replica
-        went ERR at once. Flushed first, the snapshot's own fsync covers only what arrived since (flush again while
-        a flush is slow, a few times at most).
+        A replica's snapshot fsyncs its head while writes wait (held in the engine); after a burst of random writes
+        that fsync takes seconds. Flushed first, the cut's own fsync covers only what arrived since (flush again
+        while a flush is slow, a few times at most), so the write pause stays short.
         """
         loop = asyncio.get_running_loop()
         for _ in range(rounds):
