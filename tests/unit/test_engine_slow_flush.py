@@ -40,7 +40,15 @@ class SlowSyncReplica(FakeReplica):
         if self.cutting:
             self.behind_cut.append(frame)
             return None
-        if frame.type == T.CONTROL and json.loads(frame.payload).get("op") == "snap.create":
+        op = json.loads(frame.payload).get("op") if frame.type == T.CONTROL else None
+        if op in PURGE_OPS:
+            self.log.append((str(op), 0, 0))
+            result = PURGE_OPS[str(op)](self)
+            if op in ("snap.fold", "snap.fold_commit"):  # they copy and fsync: slow
+                asyncio.get_running_loop().call_later(SLOW, self._send, [frame.reply(payload=result)])
+                return None
+            return frame.reply(payload=result)
+        if op == "snap.create":
             self.log.append(("snap.create", 0, 0))
             self.cutting = True
             asyncio.get_running_loop().call_later(SLOW, self._cut_done, frame.reply(payload=b"{}"))
@@ -61,6 +69,19 @@ class SlowSyncReplica(FakeReplica):
         for conn in self.connections:
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.transport.writelines([codec.encode(reply) for reply in replies])
+
+
+def _purge_next(replica: SlowSyncReplica) -> bytes:
+    done = any(name == "snap.fold_commit" for name, _offset, _length in replica.log)
+    return b"{}" if done else json.dumps({"snapshot": "volume-snap-old.img", "child": "volume-head-001.img"}).encode()
+
+
+PURGE_OPS = {
+    "snap.remove_system": lambda _replica: b"{}",
+    "snap.purge_next": _purge_next,
+    "snap.fold": lambda _replica: b'{"next": -1}',
+    "snap.fold_commit": lambda _replica: b"{}",
+}
 
 
 @contextlib.asynccontextmanager
@@ -127,3 +148,12 @@ async def test_writes_during_a_slow_cut_wait_in_the_engine_not_on_the_wire() -> 
         await create
         assert modes(engine) == ["RW", "RW", "RW"]
         assert all(bytes(r.data[4096:8192]) == b"c" * 4096 for r in replicas)
+
+
+async def test_a_purge_whose_folds_are_slow_keeps_every_replica_rw() -> None:
+    async with volume() as (engine, replicas):
+        history = snapshots.History(engine, frontend_up=lambda: True)
+        result = await history.purge({})
+        assert result["purged"] == ["volume-snap-old.img"]
+        assert modes(engine) == ["RW", "RW", "RW"]
+        assert all(("snap.fold_commit", 0, 0) in r.log for r in replicas)

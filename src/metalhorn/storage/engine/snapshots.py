@@ -197,20 +197,24 @@ class History:
         purged: list[str] = []
         for _round in range(1000):  # each round removes one snapshot file; a chain holds at most 255
             client = self._client(replica)
-            plan = await client.control({"op": "snap.purge_next"})
+            plan = await client.control({"op": "snap.purge_next"}, timeout=engine_mod.FLUSH_TIMEOUT)
             snap, child = plan.get("snapshot"), plan.get("child", "")
             if not snap:
                 return purged
             try:
                 start = 0
                 for _step in range(MAX_FOLD_STEPS):
+                    # Folds copy and fsync: as slow as the disk's backlog, so the long deadline (engine.FLUSH_TIMEOUT).
                     step = await self._client(replica).control(
-                        {"op": "snap.fold", "snapshot": snap, "child": child, "start": start, "budget": FOLD_BUDGET}
+                        {"op": "snap.fold", "snapshot": snap, "child": child, "start": start, "budget": FOLD_BUDGET},
+                        timeout=engine_mod.FLUSH_TIMEOUT,
                     )
                     start = int(step.get("next", -1))
                     if start < 0:
                         break
-                await self._client(replica).control({"op": "snap.fold_commit", "snapshot": snap, "child": child})
+                await self._client(replica).control(
+                    {"op": "snap.fold_commit", "snapshot": snap, "child": child}, timeout=engine_mod.FLUSH_TIMEOUT
+                )
             except errors.Conflict:
                 # The chain changed under us (a rebuild's system snapshot made the head a snapshot): plan again.
                 # What was copied so far reads the same, so nothing is lost by starting this fold over.
