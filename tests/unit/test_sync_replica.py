@@ -159,3 +159,44 @@ async def test_prepare_reuses_the_old_head_and_marks_rebuilding(tmp_path: pathli
         assert again.chain[-1] == "volume-head-007.img"
     finally:
         again.close()
+
+
+async def test_prepare_that_hits_a_full_disk_can_be_retried(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prepare that fails after closing the old layout (ENOSPC writing volume.meta) must not poison retries."""
+    import base64
+    import errno
+    import zlib
+
+    store = ReplicaStore.open(tmp_path / "r", size=SIZE)
+    store.write(0, b"h" * BS)
+    server = ReplicaServer(store)
+    request = {
+        "op": "sync_prepare",
+        "size": SIZE,
+        "chain": [{"name": "volume-snap-a.img", "parent": "", "created": "2024-01-01T00:00:00Z"}],
+        "head": "volume-head-009.img",
+        "map": base64.b64encode(zlib.compress(bytes(SIZE // BS))).decode(),
+    }
+    real_atomic_write = files.atomic_write
+    calls = {"n": 0}
+
+    def full_once(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise errors.from_oserror(OSError(errno.ENOSPC, "No space left on device"), "writing volume.meta")
+        real_atomic_write(*args, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        monkeypatch.setattr(sync.files, "atomic_write", full_once)
+        with pytest.raises(errors.NoSpace):
+            server.sync.control(request)
+        result = server.sync.control(request)  # space is back: the retry goes through
+        assert store.chain == ["volume-snap-a.img", "volume-head-009.img"]
+        assert result["head"] == "volume-head-009.img"
+        store.write(0, b"n" * BS)
+        assert store.read(0, BS) == b"n" * BS
+    finally:
+        await server.close()
+        store.close()

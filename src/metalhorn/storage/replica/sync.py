@@ -100,10 +100,11 @@ class ReplicaSync:
         plan = _Plan.parse(request, size=store.size)
         path = store.directory
         old_chain, old_head = store.chain, store.head
-        store.flush()
-        for fd in (*store._fds, store._revision_fd):
-            os.close(fd)
-        store._closed = True  # until the new layout is loaded: any I/O now fails instead of using stale fds
+        if not store._closed:  # closed already when an earlier prepare failed half-way (e.g. ENOSPC): retry
+            store.flush()
+            for fd in (*store._fds, store._revision_fd):
+                os.close(fd)
+            store._closed = True  # until the new layout is loaded: any I/O now fails instead of using stale fds
         # Commit point one: from here on no engine trusts this replica until sync_finish.
         files.atomic_write(
             path, meta.VOLUME_META, dataclasses.replace(store._volume, rebuilding=True, dirty=True).to_json()
